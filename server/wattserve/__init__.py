@@ -1,0 +1,3 @@
+"""wattserve: an Open Inference Protocol (gRPC) server for ONNX models with dynamic batching."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,7 @@
+"""`python -m wattserve` is the `wattserve` command."""
+
+import sys
+
+from wattserve.cli import main
+
+sys.exit(main())

@@ -1,0 +1,138 @@
+"""The composition root: builds the repository, registry, batchers, executors and gRPC server,
+wires them together, and runs the ordered start-up and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from grpc_health.v1 import health_pb2
+from grpc_health.v1.health import aio as health_aio
+
+from wattserve.batching.scheduler import DynamicBatcher
+from wattserve.core.dataplane import DataPlane
+from wattserve.core.errors import WattserveError
+from wattserve.core.registry import ModelRegistry, ServedModel
+from wattserve.core.repository import ModelSource, Repository
+from wattserve.core.statistics import ModelStatistics
+from wattserve.demo import ensure_demo_repository
+from wattserve.execution.onnx import OnnxRunner
+from wattserve.grpc.server import HEALTH_SERVICE, build_server
+from wattserve.protocol import SERVICE_NAME
+from wattserve.settings import ServeSettings
+
+logger = logging.getLogger(__name__)
+
+
+async def build_model(source: ModelSource) -> dict[int, ServedModel]:
+    """Sessions (on a worker thread: loading blocks) and a batcher for every version."""
+    models: dict[int, ServedModel] = {}
+    for version, path in source.versions.items():
+        runner = await asyncio.to_thread(
+            OnnxRunner, path, source.config, model=source.name, version=version
+        )
+        statistics = ModelStatistics()
+        batcher = DynamicBatcher(
+            runner.run,
+            label=runner.label,
+            instances=runner.instances,
+            max_batch_size=runner.signature.max_batch_size,
+            policy=source.config.dynamic_batching,
+            statistics=statistics,
+        )
+        batcher.start()
+
+        async def close(batcher: DynamicBatcher = batcher, runner: OnnxRunner = runner) -> None:
+            await batcher.close()
+            await asyncio.to_thread(runner.close)
+
+        models[version] = ServedModel(
+            name=source.name,
+            version=version,
+            source=source,
+            signature=runner.signature,
+            scheduler=batcher,
+            instances=runner.instances,
+            providers=runner.providers,
+            close=close,
+            statistics=statistics,
+        )
+    return models
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class App:
+    """One running wattserve server."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.port: int | None = None
+        self._health = health_aio.HealthServicer()
+        self._registry: ModelRegistry | None = None
+        self._dataplane: DataPlane | None = None
+        self._server: object | None = None
+
+    async def start(self) -> int:
+        """Listen, load the models, then report ready. Returns the bound port."""
+        settings = self.settings
+        root = settings.repository
+        if root is None:
+            root = await asyncio.to_thread(ensure_demo_repository, settings.demo_dir)
+        registry = ModelRegistry(Repository(root), build_model)
+        explicit = settings.model_control_mode == "explicit"
+        dataplane = DataPlane(registry, explicit_model_control=explicit)
+        for service in ("", SERVICE_NAME, HEALTH_SERVICE):
+            await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        server = build_server(
+            dataplane, self._health, max_message_bytes=settings.max_message_bytes
+        )
+        address = _address(settings.host, settings.port)
+        port = server.add_insecure_port(address)
+        await server.start()  # live (ServerLive) while models load; ready only afterwards
+        self._registry, self._dataplane, self._server, self.port = registry, dataplane, server, port
+
+        names = registry.repository.model_names()
+        if explicit:
+            names = names if "*" in settings.load_model else settings.load_model
+        for name in names:
+            try:
+                await registry.load(name)
+            except WattserveError:
+                pass  # logged by the registry; the other models still serve
+        dataplane.ready = True
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        ready = [e.name for e in registry.index() if e.state == "READY"]
+        logger.info(
+            "wattserve ready: serving %d model(s) on %s (repository %s): %s",
+            len(set(ready)),
+            _address(settings.host, port),
+            registry.repository.root,
+            ", ".join(sorted(set(ready))) or "none",
+        )
+        return port
+
+    async def stop(self) -> None:
+        """Not ready → stop accepting → finish in-flight requests → drain batchers → release."""
+        if self._dataplane is not None:
+            self._dataplane.ready = False
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self.settings.grace_period_s)  # type: ignore[attr-defined]
+        if self._registry is not None:
+            await self._registry.close()
+        logger.info("wattserve stopped")
+
+    async def run_until_signalled(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        logger.info("shutting down (grace period %.1f s)", self.settings.grace_period_s)
+        await self.stop()

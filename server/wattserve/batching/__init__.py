@@ -1,0 +1,1 @@
+"""Dynamic batching: scheduling (queue, clock, futures) apart from tensor maths (merge, split)."""

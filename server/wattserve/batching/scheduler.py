@@ -1,0 +1,219 @@
+"""The dynamic batcher of one model version: bounded queue, batch formation clock, futures.
+
+Policy (docs/batching.md has the reasoning): a free instance takes the oldest request and every
+queued request with the same non-batch shape, up to the batch limit. It waits for more rows only
+while (a) the batch is below its target, (b) the oldest request has delay budget left, and (c)
+requests have lately been arriving faster than that budget runs out. So a request to an idle model
+runs at once, and batches grow by themselves when requests queue behind busy instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+
+from wattserve.batching.tensors import merge, split
+from wattserve.core.config import DynamicBatchingConfig
+from wattserve.core.errors import DeadlineExceeded, ExecutionError, QueueFull, Unavailable
+from wattserve.core.statistics import ModelStatistics
+from wattserve.core.types import Tensors
+
+logger = logging.getLogger(__name__)
+
+# Weight of the newest inter-arrival gap in the running estimate.
+_GAP_WEIGHT = 0.2
+
+
+@dataclass(slots=True, eq=False)
+class Pending:
+    """A validated request waiting for its batch."""
+
+    inputs: Tensors
+    rows: int
+    shape_key: Hashable
+    """Requests batch together only when their non-batch dimensions agree."""
+    deadline: float | None
+    future: asyncio.Future[tuple[Tensors, int]]
+    """Resolves to (outputs, queue_ns)."""
+    enqueued_ns: int = field(default_factory=time.perf_counter_ns)
+
+
+class DynamicBatcher:
+    """Merges queued requests of one model version into batches and runs them on its instances."""
+
+    def __init__(
+        self,
+        run: Callable[[Tensors], Awaitable[Tensors]],
+        *,
+        label: str,
+        instances: int,
+        max_batch_size: int,
+        policy: DynamicBatchingConfig,
+        statistics: ModelStatistics,
+    ) -> None:
+        self._run = run
+        self.label = label
+        self._instances = instances
+        self._max_rows = max(max_batch_size, 1)
+        self._batches = max_batch_size > 0
+        preferred = sorted(policy.preferred_batch_sizes)
+        self._fill_rows = preferred[0] if preferred else self._max_rows
+        self._take_rows = preferred[-1] if preferred else self._max_rows
+        self._max_delay_ns = policy.max_queue_delay_us * 1000
+        self._max_queue = policy.max_queue_size
+        self._stats = statistics
+        self._queue: collections.deque[Pending] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._slots = asyncio.Semaphore(instances)
+        self._closing = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._last_arrival_ns = 0
+        # Start pessimistic: until requests show they come close together, never wait.
+        self._gap_ns = float(4 * self._max_delay_ns)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._schedule(), name=f"batcher {self.label}")
+
+    def submit(
+        self, inputs: Tensors, rows: int, shape_key: Hashable, deadline: float | None
+    ) -> asyncio.Future[tuple[Tensors, int]]:
+        if self._closing:
+            raise Unavailable(f"{self.label} is being unloaded and takes no new requests")
+        if len(self._queue) >= self._max_queue:
+            raise QueueFull(
+                f"{self.label}: queue is full ({self._max_queue} requests waiting, the "
+                f"configured max_queue_size); retry later or add instances"
+            )
+        now = time.perf_counter_ns()
+        if self._last_arrival_ns:
+            gap = min(now - self._last_arrival_ns, 4 * self._max_delay_ns)
+            self._gap_ns += _GAP_WEIGHT * (gap - self._gap_ns)
+        self._last_arrival_ns = now
+        future: asyncio.Future[tuple[Tensors, int]] = asyncio.get_running_loop().create_future()
+        self._queue.append(Pending(inputs, rows, shape_key, deadline, future, now))
+        self._arrived.set()
+        return future
+
+    async def _schedule(self) -> None:
+        while True:
+            await self._slots.acquire()
+            batch = await self._next_batch()
+            if batch is None:  # closing and nothing left
+                self._slots.release()
+                return
+            task = asyncio.create_task(self._execute(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _next_batch(self) -> list[Pending] | None:
+        while True:
+            self._drop_abandoned()
+            if not self._queue:
+                if self._closing:
+                    return None
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            batch, rows = self._collect()
+            if rows >= self._fill_rows or not self._batches or self._closing:
+                return self._take(batch)
+            budget_ns = batch[0].enqueued_ns + self._max_delay_ns - time.perf_counter_ns()
+            if budget_ns <= 0 or self._gap_ns > budget_ns:
+                return self._take(batch)
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), budget_ns / 1e9)
+
+    def _collect(self) -> tuple[list[Pending], int]:
+        """The oldest request and the queued ones that can share its batch, in arrival order."""
+        first = self._queue[0]
+        batch, rows = [first], first.rows
+        if self._batches:
+            for pending in itertools.islice(self._queue, 1, None):
+                if pending.shape_key != first.shape_key:
+                    continue
+                if rows + pending.rows > self._take_rows:
+                    break
+                batch.append(pending)
+                rows += pending.rows
+        return batch, rows
+
+    def _take(self, batch: list[Pending]) -> list[Pending]:
+        if len(batch) == len(self._queue):
+            self._queue.clear()
+        else:
+            chosen = set(map(id, batch))
+            self._queue = collections.deque(p for p in self._queue if id(p) not in chosen)
+        return batch
+
+    def _drop_abandoned(self) -> None:
+        """Forget cancelled requests and fail those whose deadline passed while queued."""
+        if not any(p.future.done() or p.deadline for p in self._queue):
+            return
+        now = time.monotonic()
+        kept: collections.deque[Pending] = collections.deque()
+        for p in self._queue:
+            if p.future.done():
+                continue
+            if p.deadline is not None and now >= p.deadline:
+                waited_ms = (time.perf_counter_ns() - p.enqueued_ns) / 1e6
+                p.future.set_exception(
+                    DeadlineExceeded(
+                        f"{self.label}: deadline passed after {waited_ms:.1f} ms in the queue; "
+                        f"the request was not run"
+                    )
+                )
+                continue
+            kept.append(p)
+        self._queue = kept
+
+    async def _execute(self, batch: list[Pending]) -> None:
+        try:
+            start = time.perf_counter_ns()
+            merged = merge([p.inputs for p in batch])
+            merged_at = time.perf_counter_ns()
+            outputs = await self._run(merged)
+            ran_at = time.perf_counter_ns()
+            row_counts = [p.rows for p in batch]
+            parts = split(outputs, row_counts, label=self.label) if self._batches else [outputs]
+            done_at = time.perf_counter_ns()
+        except ExecutionError as exc:
+            logger.error("%s: batch of %d request(s) failed: %s", self.label, len(batch), exc)
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            return
+        except Exception:
+            logger.exception("%s: unexpected failure running a batch", self.label)
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(ExecutionError(f"{self.label}: internal error"))
+            return
+        finally:
+            self._slots.release()
+        self._stats.record_batch(
+            sum(row_counts), len(batch), merged_at - start, ran_at - merged_at, done_at - ran_at
+        )
+        for p, part in zip(batch, parts, strict=True):
+            if not p.future.done():
+                p.future.set_result((part, start - p.enqueued_ns))
+
+    async def close(self) -> None:
+        """Stop taking requests, run everything already queued, wait for running batches."""
+        self._closing = True
+        self._arrived.set()
+        if self._loop_task is not None:
+            await self._loop_task
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)

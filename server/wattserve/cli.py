@@ -1,0 +1,84 @@
+"""The `wattserve` command line. Flags are generated from the settings model, so the flags, the
+WATTSERVE_* variables and `--help` can never disagree."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic.fields import FieldInfo
+
+from wattserve.settings import ServeSettings
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser, model: type[ServeSettings]) -> None:
+    prefix = model.model_config.get("env_prefix", "")
+    for name, field in model.model_fields.items():
+        default = "(built-in demo repository)" if field.default is None else _describe(field)
+        help_text = " ".join((field.description or "").split())
+        help_text += f" [env {prefix}{name.upper()}; default {default}]"
+        kwargs: dict[str, Any] = {"dest": name, "help": help_text, "default": argparse.SUPPRESS}
+        origin = typing.get_origin(field.annotation)
+        if origin is list:
+            kwargs["action"] = "append"
+        if origin is typing.Literal:
+            kwargs["choices"] = typing.get_args(field.annotation)
+        parser.add_argument(_flag(name), **kwargs)
+
+
+def _describe(field: FieldInfo) -> str:
+    if field.default_factory is not None:
+        return str(field.default_factory())  # type: ignore[call-arg]
+    return str(field.default)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wattserve",
+        description="Open Inference Protocol (gRPC) server for ONNX models with dynamic batching.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="serve a model repository over gRPC",
+        description="Serve a model repository over gRPC (Open Inference Protocol, Triton-"
+        "compatible). Every flag can also be set with the environment variable shown.",
+    )
+    _add_settings_flags(serve, ServeSettings)
+    demo = commands.add_parser("demo", help="build the demo model repository and print its path")
+    demo.add_argument("--demo-dir", type=Path, default=None, help="where to build it")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = vars(_parser().parse_args(argv))
+    command = args.pop("command")
+    if command == "demo":
+        from wattserve.demo import ensure_demo_repository
+        from wattserve.settings import default_demo_dir
+
+        print(ensure_demo_repository(args["demo_dir"] or default_demo_dir()))  # noqa: T201
+        return 0
+    try:
+        settings = ServeSettings(**args)
+    except ValidationError as exc:
+        print(f"wattserve: invalid settings:\n{exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from wattserve.app import App
+
+    asyncio.run(App(settings).run_until_signalled())
+    return 0

@@ -1,0 +1,73 @@
+"""Domain types that travel through the core: requests, responses, model signatures."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from wattserve.core.datatypes import Datatype
+
+Parameter = bool | int | float | str
+Tensors = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    """One decoded inference request. Input arrays may be read-only views of the wire bytes."""
+
+    model_name: str
+    inputs: Tensors
+    model_version: str = ""
+    """Version label as asked for; empty means the model's default (latest) version."""
+    outputs: tuple[str, ...] = ()
+    """Requested output names in the order the client wants them; empty means all."""
+    id: str = ""
+    parameters: Mapping[str, Parameter] = field(default_factory=dict)
+    deadline: float | None = None
+    """Absolute `time.monotonic()` after which the request is dropped unexecuted."""
+
+
+@dataclass(frozen=True, slots=True)
+class InferResponse:
+    """The outputs of one request, in the order the request asked for them."""
+
+    model_name: str
+    model_version: str
+    outputs: Mapping[str, tuple[Datatype, np.ndarray]]
+    id: str = ""
+    parameters: Mapping[str, Parameter] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """An input or output as the model declares it."""
+
+    name: str
+    datatype: Datatype
+    shape: tuple[int, ...]
+    """Full shape as ModelMetadata reports it: -1 for variable dims, batch dim included."""
+
+    def describe(self) -> str:
+        return "[" + ", ".join(str(d) for d in self.shape) + "]"
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """What a model version takes and returns."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int
+    """Rows per batch the model accepts on its first dimension; 0 when it does not batch."""
+
+    @property
+    def batches(self) -> bool:
+        return self.max_batch_size > 0
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.inputs if t.name == name), None)
+
+    def output(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.outputs if t.name == name), None)

@@ -1,0 +1,76 @@
+"""Checks a decoded request against the model's signature before anything is queued."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+from wattserve.core.datatypes import from_numpy
+from wattserve.core.errors import InvalidRequest
+from wattserve.core.types import InferRequest, Signature
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def validate(request: InferRequest, signature: Signature, label: str) -> tuple[int, Hashable]:
+    """Return (rows, shape key) of a valid request; raise InvalidRequest naming what is wrong.
+
+    `rows` is the batch size on the first dimension (1 for models that do not batch). The shape key
+    groups requests that may share a batch: those whose non-batch dimensions are equal.
+    """
+    expected = {t.name for t in signature.inputs}
+    unknown = sorted(set(request.inputs) - expected)
+    if unknown:
+        raise InvalidRequest(
+            f"{label}: unknown input {', '.join(repr(n) for n in unknown)}; the model's inputs "
+            f"are {sorted(expected)}"
+        )
+    missing = [t.name for t in signature.inputs if t.name not in request.inputs]
+    if missing:
+        raise InvalidRequest(
+            f"{label}: missing input {', '.join(repr(n) for n in missing)}; the model needs "
+            f"{sorted(expected)}"
+        )
+    for name in request.outputs:
+        if signature.output(name) is None:
+            raise InvalidRequest(
+                f"{label}: unknown output '{name}' requested; the model's outputs are "
+                f"{[t.name for t in signature.outputs]}"
+            )
+
+    rows: int | None = None
+    for spec in signature.inputs:
+        array = request.inputs[spec.name]
+        where = f"{label}: input '{spec.name}'"
+        if array.dtype != spec.datatype.numpy:
+            # The decoder already mapped the wire datatype to numpy; report it in protocol terms.
+            got = from_numpy(array.dtype).name
+            raise InvalidRequest(f"{where} expects datatype {spec.datatype.name}, got {got}")
+        if array.ndim != len(spec.shape) or any(
+            want != -1 and want != got for want, got in zip(spec.shape, array.shape, strict=True)
+        ):
+            raise InvalidRequest(
+                f"{where} expects shape {spec.describe()} (-1 = any size), got "
+                f"{_shape(array.shape)}"
+            )
+        if signature.batches:
+            if rows is None:
+                rows = array.shape[0]
+            elif array.shape[0] != rows:
+                raise InvalidRequest(
+                    f"{where} has {array.shape[0]} rows but the other inputs have {rows}; every "
+                    f"input of one request must have the same first dimension"
+                )
+    if not signature.batches:
+        return 1, None
+    assert rows is not None
+    if rows < 1:
+        raise InvalidRequest(f"{label}: request has 0 rows; send at least one")
+    if rows > signature.max_batch_size:
+        raise InvalidRequest(
+            f"{label}: request has {rows} rows, more than max_batch_size "
+            f"{signature.max_batch_size}; split it into smaller requests"
+        )
+    key = tuple(request.inputs[t.name].shape[1:] for t in signature.inputs)
+    return rows, key

@@ -1,0 +1,1 @@
+"""Execution: ONNX Runtime sessions, the only place that blocks, run on threads the server owns."""

@@ -1,0 +1,165 @@
+"""ONNX Runtime sessions for one model version: provider choice, session options, warm-up, runs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from wattserve.core import datatypes
+from wattserve.core.config import DEFAULT_MAX_BATCH_SIZE, ModelConfig
+from wattserve.core.errors import ExecutionError, ModelLoadError
+from wattserve.core.types import Signature, Tensors, TensorSpec
+
+logger = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+_OPT_LEVELS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+Provider = str | tuple[str, dict[str, Any]]
+
+
+def providers_for(config: ModelConfig, available: list[str], *, model: str) -> list[Provider]:
+    """The execution providers to ask ONNX Runtime for, or a clear error if the device is absent."""
+    if config.device == "cpu":
+        return [CPU]
+    if CUDA not in available:
+        raise ModelLoadError(
+            f"model '{model}' asks for device \"cuda\" but this ONNX Runtime has no "
+            f"{CUDA} (available: {', '.join(available)}); install onnxruntime-gpu on a machine "
+            f'with an NVIDIA GPU, or set device = "cpu"'
+        )
+    return [(CUDA, {"device_id": config.device_id}), CPU]
+
+
+def session_options(config: ModelConfig) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = config.intra_op_threads
+    options.inter_op_num_threads = config.inter_op_threads
+    options.graph_optimization_level = _OPT_LEVELS[config.graph_optimization_level]
+    # Spinning intra-op threads burn the cores the gRPC loop needs between batches.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def _spec(arg: Any, *, model: str, batches: bool) -> TensorSpec:
+    dims = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape)
+    if batches:
+        dims = (-1, *dims[1:])
+    return TensorSpec(arg.name, datatypes.from_onnx(arg.type, model=model, tensor=arg.name), dims)
+
+
+def read_signature(session: ort.InferenceSession, config: ModelConfig, *, model: str) -> Signature:
+    """The signature from the graph: batchable when every tensor's first dimension is dynamic."""
+    args = [*session.get_inputs(), *session.get_outputs()]
+    dynamic_first = all(
+        len(a.shape) > 0 and not (isinstance(a.shape[0], int) and a.shape[0] >= 0) for a in args
+    )
+    max_batch = config.max_batch_size
+    if max_batch is None:
+        max_batch = DEFAULT_MAX_BATCH_SIZE if dynamic_first else 0
+    elif max_batch > 0 and not dynamic_first:
+        fixed = [f"'{a.name}' {list(a.shape)}" for a in args if not a.shape or a.shape[0] != -1]
+        raise ModelLoadError(
+            f"model '{model}': config sets max_batch_size = {max_batch}, but batching needs a "
+            f"dynamic first dimension on every input and output; these are fixed: "
+            f"{', '.join(fixed)}"
+        )
+    preferred = config.dynamic_batching.preferred_batch_sizes
+    if max_batch and any(p > max_batch for p in preferred):
+        raise ModelLoadError(
+            f"model '{model}': preferred_batch_sizes {preferred} must not exceed "
+            f"max_batch_size {max_batch}"
+        )
+    batches = max_batch > 0
+    return Signature(
+        inputs=tuple(_spec(a, model=model, batches=batches) for a in session.get_inputs()),
+        outputs=tuple(_spec(a, model=model, batches=batches) for a in session.get_outputs()),
+        max_batch_size=max_batch,
+    )
+
+
+def _zeros(spec: TensorSpec, rows: int) -> np.ndarray:
+    shape = tuple(rows if i == 0 and d == -1 else max(d, 1) for i, d in enumerate(spec.shape))
+    if spec.datatype is datatypes.BYTES:
+        return np.full(shape, "", dtype=object)
+    return np.zeros(shape, dtype=spec.datatype.numpy)
+
+
+class OnnxRunner:
+    """The sessions (instances) of one model version and the threads that run them."""
+
+    def __init__(self, path: Path, config: ModelConfig, *, model: str, version: int) -> None:
+        self.label = f"model '{model}' version {version}"
+        providers = providers_for(config, ort.get_available_providers(), model=model)
+        try:
+            self._sessions = [
+                ort.InferenceSession(
+                    str(path), sess_options=session_options(config), providers=providers
+                )
+                for _ in range(config.instances)
+            ]
+        except Exception as exc:  # ONNX Runtime raises its own untyped errors for bad files
+            raise ModelLoadError(f"{self.label}: ONNX Runtime cannot load {path}: {exc}") from exc
+        if config.device == "cuda" and CUDA not in self._sessions[0].get_providers():
+            # ONNX Runtime silently falls back to the CPU when the CUDA libraries fail to load.
+            raise ModelLoadError(
+                f"{self.label}: {CUDA} is installed but could not be initialised (check the "
+                f"CUDA and cuDNN libraries); ONNX Runtime would have run it on the CPU"
+            )
+        self.providers = self._sessions[0].get_providers()
+        self.signature = read_signature(self._sessions[0], config, model=model)
+        self._free: asyncio.Queue[ort.InferenceSession] = asyncio.Queue()
+        for session in self._sessions:
+            self._free.put_nowait(session)
+        self._pool = ThreadPoolExecutor(
+            max_workers=config.instances, thread_name_prefix=f"ort-{model}-{version}"
+        )
+        if config.warmup:
+            self._warm_up()
+
+    @property
+    def instances(self) -> int:
+        return len(self._sessions)
+
+    def _warm_up(self) -> None:
+        rows = [1, self.signature.max_batch_size] if self.signature.batches else [1]
+        for session in self._sessions:
+            for n in dict.fromkeys(rows):
+                feed = {spec.name: _zeros(spec, n) for spec in self.signature.inputs}
+                try:
+                    session.run(None, feed)
+                except Exception as exc:
+                    raise ModelLoadError(f"{self.label}: warm-up with {n} row(s) failed: {exc}")
+        logger.debug("%s warmed up on %d instance(s)", self.label, len(self._sessions))
+
+    async def run(self, inputs: Tensors) -> Tensors:
+        """Run one batch on a free instance, off the event loop."""
+        session = await self._free.get()
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, self._run, session, inputs)
+        finally:
+            self._free.put_nowait(session)
+
+    def _run(self, session: ort.InferenceSession, inputs: Tensors) -> Tensors:
+        try:
+            results = session.run(None, inputs)
+        except Exception as exc:
+            raise ExecutionError(f"{self.label}: ONNX Runtime failed: {exc}") from exc
+        return {spec.name: np.asarray(r) for spec, r in zip(self.signature.outputs, results, strict=True)}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._sessions.clear()

@@ -1,0 +1,1 @@
+"""The gRPC front end: decode requests, call the data plane, encode responses, map errors."""

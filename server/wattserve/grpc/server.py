@@ -1,0 +1,45 @@
+"""Builds the grpc.aio server: the inference service, standard health checking and reflection."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from wattserve.core.dataplane import DataPlane
+from wattserve.grpc.servicer import InferenceServicer
+from wattserve.protocol import SERVICE_NAME, config_pb, pb, pb_grpc
+
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+def _reflection_pool() -> descriptor_pool.DescriptorPool:
+    """Our files live in a private pool (see proto/generate.py); reflection needs them all in one."""
+    pool = descriptor_pool.DescriptorPool()
+    for module in (config_pb, pb, health_pb2, reflection_pb2):
+        proto = descriptor_pb2.FileDescriptorProto()
+        module.DESCRIPTOR.CopyToProto(proto)
+        pool.Add(proto)
+    return pool
+
+
+def build_server(
+    dataplane: DataPlane, health: health_aio.HealthServicer, *, max_message_bytes: int
+) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            # gRPC enables SO_REUSEPORT by default, which would let a second server silently
+            # share the port; worker processes will opt in explicitly.
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME], server, pool=_reflection_pool()
+    )
+    return server
