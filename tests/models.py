@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
 from wattserve.demo import make_model, save_model
 
 logger = logging.getLogger(__name__)

@@ -4,6 +4,7 @@ wires them together, and runs the ordered start-up and shutdown."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -87,11 +88,9 @@ class App:
         dataplane = DataPlane(registry, explicit_model_control=explicit)
         for service in ("", SERVICE_NAME, HEALTH_SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        server = build_server(
-            dataplane, self._health, max_message_bytes=settings.max_message_bytes
-        )
+        server = build_server(dataplane, self._health, max_message_bytes=settings.max_message_bytes)
         address = _address(settings.host, settings.port)
-        port = server.add_insecure_port(address)
+        port = int(server.add_insecure_port(address))
         await server.start()  # live (ServerLive) while models load; ready only afterwards
         self._registry, self._dataplane, self._server, self.port = registry, dataplane, server, port
 
@@ -99,10 +98,9 @@ class App:
         if explicit:
             names = names if "*" in settings.load_model else settings.load_model
         for name in names:
-            try:
+            # A broken model is logged and indexed by the registry; the others still serve.
+            with contextlib.suppress(WattserveError):
                 await registry.load(name)
-            except WattserveError:
-                pass  # logged by the registry; the other models still serve
         dataplane.ready = True
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)

@@ -1,4 +1,4 @@
-"""Every server setting in one typed place: `wattserve serve --help` flags and WATTSERVE_* variables."""
+"""Every server setting in one typed place: `wattserve serve` flags and WATTSERVE_* variables."""
 
 from __future__ import annotations
 
@@ -41,3 +41,4 @@ class ServeSettings(BaseSettings):
     grace_period_s: Annotated[float, Field(ge=0)] = 10.0
     """On shutdown, how long in-flight requests may take to finish before they are cancelled."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Least severe log messages written to stderr."""

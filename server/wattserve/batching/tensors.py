@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,8 +34,8 @@ def split(outputs: Tensors, rows: Sequence[int], *, label: str) -> list[Tensors]
             )
     if len(rows) == 1:
         return [outputs]
-    bounds = np.cumsum([0, *rows])
+    bounds = itertools.accumulate(rows, initial=0)
     return [
         {name: array[start:stop] for name, array in outputs.items()}
-        for start, stop in zip(bounds[:-1], bounds[1:], strict=True)
+        for start, stop in itertools.pairwise(bounds)
     ]

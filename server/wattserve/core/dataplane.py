@@ -51,9 +51,9 @@ class DataPlane:
         model = self._registry.get(request.model_name, request.model_version)
         started = time.perf_counter_ns()
         try:
-            rows, shape_key = validate(request, model.signature, model.label)
+            inputs, rows, shape_key = validate(request, model.signature, model.label)
             outputs, queue_ns = await model.scheduler.submit(
-                request.inputs, rows, shape_key, request.deadline
+                inputs, rows, shape_key, request.deadline
             )
         except WattserveError:
             model.statistics.record_request(

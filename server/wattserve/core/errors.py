@@ -1,14 +1,14 @@
 """The exception hierarchy of the core; wattserve.grpc.status maps each class to a gRPC status.
 
     WattserveError
-    ├── InvalidRequest      malformed request: names, datatypes, shapes, sizes, batch   INVALID_ARGUMENT
-    ├── ModelNotFound       unknown model or version                                    NOT_FOUND
-    ├── Unavailable         model not ready, being unloaded, or server draining          UNAVAILABLE
-    ├── QueueFull           the model's bounded queue is full                            RESOURCE_EXHAUSTED
-    ├── DeadlineExceeded    the request's deadline passed before it ran                  DEADLINE_EXCEEDED
-    ├── NotAllowed          e.g. model load/unload without explicit model control       FAILED_PRECONDITION
-    ├── ModelLoadError      a model's files or config are broken                         INVALID_ARGUMENT
-    └── ExecutionError      ONNX Runtime failed, or its outputs cannot be split          INTERNAL
+    ├── InvalidRequest    malformed request: names, dtypes, shapes, sizes   INVALID_ARGUMENT
+    ├── ModelNotFound     unknown model or version                          NOT_FOUND
+    ├── Unavailable       model not ready or unloading, server draining     UNAVAILABLE
+    ├── QueueFull         the model's bounded queue is full                 RESOURCE_EXHAUSTED
+    ├── DeadlineExceeded  the request's deadline passed before it ran       DEADLINE_EXCEEDED
+    ├── NotAllowed        e.g. load/unload without explicit model control   FAILED_PRECONDITION
+    ├── ModelLoadError    a model's files or config are broken              INVALID_ARGUMENT
+    └── ExecutionError    ONNX Runtime failed, or outputs cannot be split   INTERNAL
 
 Every message names the model (and the input or output) and says what was expected and what came.
 """

@@ -21,7 +21,8 @@ State = Literal["READY", "LOADING", "UNLOADING", "UNAVAILABLE"]
 class Scheduler(Protocol):
     """What the core needs of a batcher (wattserve.batching implements it)."""
 
-    queue_depth: int
+    @property
+    def queue_depth(self) -> int: ...
 
     def submit(
         self, inputs: Tensors, rows: int, shape_key: Hashable, deadline: float | None
@@ -77,6 +78,11 @@ class ModelRegistry:
         if versions is None:
             state = self._states.get(name)
             if state is None:
+                if self.repository.has_model(name):
+                    raise Unavailable(
+                        f"model '{name}' is in the repository but not loaded; load it with "
+                        f"RepositoryModelLoad (explicit model control)"
+                    )
                 raise ModelNotFound(f"unknown model '{name}'")
             reason = self._reasons.get(name)
             raise Unavailable(
@@ -163,11 +169,14 @@ class ModelRegistry:
         for name in sorted(names | set(self._states)):
             if name in self._models:
                 entries += [
-                    IndexEntry(name, str(v), self._states[name], "") for v in sorted(self._models[name])
+                    IndexEntry(name, str(v), self._states[name], "")
+                    for v in sorted(self._models[name])
                 ]
             else:
                 entries.append(
-                    IndexEntry(name, "", self._states.get(name, "UNAVAILABLE"), self._reasons.get(name, ""))
+                    IndexEntry(
+                        name, "", self._states.get(name, "UNAVAILABLE"), self._reasons.get(name, "")
+                    )
                 )
         return entries
 

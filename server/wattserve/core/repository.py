@@ -47,13 +47,23 @@ class Repository:
             raise ModelNotFound(f"model '{name}' is not in the model repository {self.root}")
         return candidate
 
+    def has_model(self, name: str) -> bool:
+        try:
+            self.model_dir(name)
+        except (InvalidRequest, ModelNotFound):
+            return False
+        return True
+
     def read(self, name: str) -> ModelSource:
         directory = self.model_dir(name)
         config = read_config(directory)
         found = {
             int(p.name): p / MODEL_FILENAME
             for p in directory.iterdir()
-            if p.is_dir() and p.name.isdigit() and int(p.name) > 0 and (p / MODEL_FILENAME).is_file()
+            if p.is_dir()
+            and p.name.isdigit()
+            and int(p.name) > 0
+            and (p / MODEL_FILENAME).is_file()
         }
         if not found:
             raise ModelLoadError(

@@ -4,17 +4,42 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
+import numpy as np
+
+from wattserve.core import datatypes
 from wattserve.core.datatypes import from_numpy
 from wattserve.core.errors import InvalidRequest
-from wattserve.core.types import InferRequest, Signature
+from wattserve.core.types import InferRequest, Signature, Tensors
 
 
 def _shape(shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def validate(request: InferRequest, signature: Signature, label: str) -> tuple[int, Hashable]:
-    """Return (rows, shape key) of a valid request; raise InvalidRequest naming what is wrong.
+def as_text(array: np.ndarray, where: str) -> np.ndarray:
+    """BYTES elements as UTF-8 text: ONNX Runtime's string tensors hold text, not raw bytes."""
+    text = np.empty(array.shape, dtype=object)
+    flat = text.reshape(-1)
+    for index, item in enumerate(array.reshape(-1)):
+        if isinstance(item, str):
+            flat[index] = item
+            continue
+        try:
+            flat[index] = bytes(item).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest(
+                f"{where}: BYTES element {index} is not valid UTF-8 ({exc.reason} at byte "
+                f"{exc.start}); ONNX string tensors hold UTF-8 text"
+            ) from None
+    return text
+
+
+def validate(
+    request: InferRequest, signature: Signature, label: str
+) -> tuple[Tensors, int, Hashable]:
+    """Return (inputs, rows, shape key) of a valid request, or raise InvalidRequest saying why.
+
+    `inputs` are the request's arrays, with BYTES converted to text for ONNX Runtime.
 
     `rows` is the batch size on the first dimension (1 for models that do not batch). The shape key
     groups requests that may share a batch: those whose non-batch dimensions are equal.
@@ -40,6 +65,7 @@ def validate(request: InferRequest, signature: Signature, label: str) -> tuple[i
             )
 
     rows: int | None = None
+    inputs = request.inputs
     for spec in signature.inputs:
         array = request.inputs[spec.name]
         where = f"{label}: input '{spec.name}'"
@@ -54,6 +80,10 @@ def validate(request: InferRequest, signature: Signature, label: str) -> tuple[i
                 f"{where} expects shape {spec.describe()} (-1 = any size), got "
                 f"{_shape(array.shape)}"
             )
+        if spec.datatype is datatypes.BYTES:
+            if inputs is request.inputs:
+                inputs = dict(inputs)
+            inputs[spec.name] = as_text(array, where)
         if signature.batches:
             if rows is None:
                 rows = array.shape[0]
@@ -63,7 +93,7 @@ def validate(request: InferRequest, signature: Signature, label: str) -> tuple[i
                     f"input of one request must have the same first dimension"
                 )
     if not signature.batches:
-        return 1, None
+        return inputs, 1, None
     assert rows is not None
     if rows < 1:
         raise InvalidRequest(f"{label}: request has 0 rows; send at least one")
@@ -72,5 +102,5 @@ def validate(request: InferRequest, signature: Signature, label: str) -> tuple[i
             f"{label}: request has {rows} rows, more than max_batch_size "
             f"{signature.max_batch_size}; split it into smaller requests"
         )
-    key = tuple(request.inputs[t.name].shape[1:] for t in signature.inputs)
-    return rows, key
+    key = tuple(inputs[t.name].shape[1:] for t in signature.inputs)
+    return inputs, rows, key

@@ -141,7 +141,9 @@ class OnnxRunner:
                 try:
                     session.run(None, feed)
                 except Exception as exc:
-                    raise ModelLoadError(f"{self.label}: warm-up with {n} row(s) failed: {exc}")
+                    raise ModelLoadError(
+                        f"{self.label}: warm-up with {n} row(s) failed: {exc}"
+                    ) from exc
         logger.debug("%s warmed up on %d instance(s)", self.label, len(self._sessions))
 
     async def run(self, inputs: Tensors) -> Tensors:
@@ -158,7 +160,10 @@ class OnnxRunner:
             results = session.run(None, inputs)
         except Exception as exc:
             raise ExecutionError(f"{self.label}: ONNX Runtime failed: {exc}") from exc
-        return {spec.name: np.asarray(r) for spec, r in zip(self.signature.outputs, results, strict=True)}
+        return {
+            spec.name: np.asarray(r)
+            for spec, r in zip(self.signature.outputs, results, strict=True)
+        }
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

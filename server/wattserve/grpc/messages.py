@@ -1,4 +1,4 @@
-"""Protocol messages to and from core types: infer requests and responses, metadata, config, stats."""
+"""Protocol messages to and from core types: inference, metadata, config, statistics, index."""
 
 from __future__ import annotations
 
@@ -90,15 +90,13 @@ def _config_dims(spec: TensorSpec, batches: bool) -> tuple[int, ...]:
 
 
 def _version_policy(policy: str | list[int]) -> Any:
+    if isinstance(policy, list):
+        return config_pb.ModelVersionPolicy(
+            specific=config_pb.ModelVersionPolicy.Specific(versions=policy)
+        )
     if policy == "all":
         return config_pb.ModelVersionPolicy(all=config_pb.ModelVersionPolicy.All())
-    if policy == "latest":
-        return config_pb.ModelVersionPolicy(
-            latest=config_pb.ModelVersionPolicy.Latest(num_versions=1)
-        )
-    return config_pb.ModelVersionPolicy(
-        specific=config_pb.ModelVersionPolicy.Specific(versions=list(policy))
-    )
+    return config_pb.ModelVersionPolicy(latest=config_pb.ModelVersionPolicy.Latest(num_versions=1))
 
 
 def encode_model_config(model: ServedModel) -> Any:
@@ -113,7 +111,7 @@ def encode_model_config(model: ServedModel) -> Any:
         input=[
             config_pb.ModelInput(
                 name=t.name,
-                data_type=config_pb.DataType.Value(t.datatype.config),
+                data_type=t.datatype.config,
                 dims=_config_dims(t, signature.batches),
             )
             for t in signature.inputs
@@ -121,7 +119,7 @@ def encode_model_config(model: ServedModel) -> Any:
         output=[
             config_pb.ModelOutput(
                 name=t.name,
-                data_type=config_pb.DataType.Value(t.datatype.config),
+                data_type=t.datatype.config,
                 dims=_config_dims(t, signature.batches),
             )
             for t in signature.outputs

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -18,10 +18,11 @@ from wattserve.protocol import pb, pb_grpc
 
 logger = logging.getLogger(__name__)
 
-Context = grpc.aio.ServicerContext
+# grpcio ships no type information; the alias keeps signatures readable.
+Context: TypeAlias = grpc.aio.ServicerContext
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """RPCs we do not override (shared memory, trace, logging) answer UNIMPLEMENTED."""
 
     def __init__(self, dataplane: DataPlane) -> None:
@@ -58,7 +59,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self, request_iterator: AsyncIterator[Any], context: Context
     ) -> AsyncIterator[Any]:
         """Requests on one stream run concurrently (so they batch); responses leave as they finish,
-        each carrying its request's id. A failed request answers `error_message`; the stream goes on.
+        each carrying its request's id. A failed request answers `error_message`; the stream
+        goes on.
         """
         finished: asyncio.Queue[Any] = asyncio.Queue()
         running: set[asyncio.Task[None]] = set()
@@ -71,7 +73,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             except Exception as exc:
                 _, message = describe(exc)
                 failed = pb.ModelInferResponse(
-                    model_name=request.model_name, model_version=request.model_version, id=request.id
+                    model_name=request.model_name,
+                    model_version=request.model_version,
+                    id=request.id,
                 )
                 await finished.put(
                     pb.ModelStreamInferResponse(error_message=message, infer_response=failed)

@@ -68,7 +68,7 @@ def decode_bytes(where: str, raw: bytes, count: int) -> np.ndarray:
         offset += 4
         if offset + length > size:
             raise InvalidRequest(
-                f"{where}: BYTES element {index} declares {length} bytes but only "
+                f"{where}: BYTES element {index} of {count} declares {length} bytes but only "
                 f"{size - offset} remain in the raw content"
             )
         items.append(raw[offset : offset + length])

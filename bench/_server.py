@@ -1,0 +1,112 @@
+"""The server under test: `wattserve serve` as a child process, pinned, watched and stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+READY_LINE = re.compile(r"wattserve ready: serving \d+ model\(s\) on (?P<address>\S+:\d+)")
+READY_TIMEOUT_S = 120.0
+# Above the server's default 10 s grace period, so a slow drain is not mistaken for a hang.
+STOP_TIMEOUT_S = 15.0
+LOG_TAIL_LINES = 40
+
+
+def _stat(path: Path) -> tuple[str, float]:
+    """(name, user + system CPU seconds) from a /proc stat file."""
+    text = path.read_text()
+    name, fields = text[text.index("(") + 1 : text.rindex(")")], text.rsplit(")", 1)[1].split()
+    return name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_thread_group(pid: int) -> dict[str, float]:
+    """CPU seconds of a Python process: in total, on its main thread (the event loop), on the
+    other threads Python started (they keep the main thread's name: the ONNX Runtime executor),
+    and on threads that named themselves (gRPC core's)."""
+    groups = dict.fromkeys(("loop", "python", "native"), 0.0)
+    groups["total"] = _stat(Path(f"/proc/{pid}/stat"))[1]
+    main_name = _stat(Path(f"/proc/{pid}/task/{pid}/stat"))[0]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name, seconds = _stat(task / "stat")
+        except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
+            continue
+        group = "loop" if task.name == str(pid) else "python" if name == main_name else "native"
+        groups[group] += seconds
+    return groups
+
+
+@dataclass(frozen=True, slots=True)
+class ServerProcess:
+    process: asyncio.subprocess.Process
+    address: str
+    """host:port from the ready line."""
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds so far, labelled `server` (total) and `server:<thread group>`."""
+        groups = cpu_by_thread_group(self.process.pid)
+        return {"server": groups.pop("total")} | {f"server:{k}": v for k, v in groups.items()}
+
+
+@contextlib.asynccontextmanager
+async def serving(demo_dir: Path, core: int | None) -> AsyncIterator[ServerProcess]:
+    """`wattserve serve` on a free port (under taskset when `core` is given); always stopped with
+    SIGTERM on the way out, and killed if it has not exited STOP_TIMEOUT_S later."""
+    command = [sys.executable, "-m", "wattserve", "serve", "--port", "0"]
+    command += ["--demo-dir", str(demo_dir)]
+    if core is not None:
+        command = ["taskset", "-c", str(core), *command]
+    process = await asyncio.create_subprocess_exec(
+        *command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    assert process.stderr is not None
+    tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+    reader: asyncio.Task[None] | None = None
+    try:
+        try:
+            address = await asyncio.wait_for(_ready_address(process.stderr, tail), READY_TIMEOUT_S)
+        except (TimeoutError, EOFError) as exc:
+            log = "\n".join(tail)
+            raise RuntimeError(f"the server did not become ready ({exc!r}):\n{log}") from exc
+        # Keep reading: a full stderr pipe would block the server's logging.
+        reader = asyncio.create_task(_read_lines(process.stderr, tail))
+        yield ServerProcess(process, address)
+    finally:
+        await _stop(process)
+        if reader is not None:
+            await reader  # ends at EOF, now that the server has exited
+
+
+async def _ready_address(stream: asyncio.StreamReader, tail: collections.deque[str]) -> str:
+    while line := (await stream.readline()).decode(errors="replace"):
+        tail.append(line.rstrip())
+        if match := READY_LINE.search(line):
+            return match["address"]
+    raise EOFError("the server exited")
+
+
+async def _read_lines(stream: asyncio.StreamReader, tail: collections.deque[str]) -> None:
+    while line := await stream.readline():
+        tail.append(line.decode(errors="replace").rstrip())
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):  # it exited just now
+        process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
+    except TimeoutError:
+        print(f"server ignored SIGTERM for {STOP_TIMEOUT_S:.0f} s; killing it", file=sys.stderr)
+        process.kill()
+        await process.wait()

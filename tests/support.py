@@ -1,0 +1,78 @@
+"""Helpers for tests that run real servers: start `wattserve serve` and wait on conditions."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+READY = re.compile(r"wattserve ready: serving \d+ model\(s\) on (\S+):(\d+)")
+
+
+@dataclass
+class ServerProcess:
+    """A `wattserve serve` subprocess; `log` collects its output as it runs."""
+
+    process: subprocess.Popen[str]
+    address: str = ""
+    log: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        return "".join(self.log)
+
+
+def _read_log(server: ServerProcess, ready: threading.Event) -> None:
+    assert server.process.stdout is not None
+    for line in server.process.stdout:
+        server.log.append(line)
+        match = READY.search(line)
+        if match and not ready.is_set():
+            server.address = f"127.0.0.1:{match.group(2)}"
+            ready.set()
+    ready.set()  # the process ended: let the waiter see it
+
+
+@contextlib.contextmanager
+def run_server(*args: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    """Start `wattserve serve --port 0 ARGS`, wait until it is ready, SIGTERM it afterwards."""
+    command = [sys.executable, "-m", "wattserve", "serve", "--port", "0", *args]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    server = ServerProcess(process)
+    ready = threading.Event()
+    reader = threading.Thread(target=_read_log, args=(server, ready), daemon=True)
+    reader.start()
+    try:
+        if not ready.wait(timeout=90) or not server.address:
+            raise RuntimeError(f"server did not become ready:\n{server.text()}")
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        reader.join(timeout=5)
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Poll `condition()` until true; fail the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        time.sleep(0.01)

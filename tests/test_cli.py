@@ -1,0 +1,62 @@
+"""The `wattserve` command: help for every setting, flags and WATTSERVE_* variables, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import tritonclient.grpc as triton
+
+from tests.support import run_server
+from wattserve.settings import ServeSettings
+
+
+def wattserve(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "wattserve", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_help_explains_every_setting_with_its_variable() -> None:
+    result = wattserve("serve", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for name, field in ServeSettings.model_fields.items():
+        assert "--" + name.replace("_", "-") in text
+        assert f"WATTSERVE_{name.upper()}" in text
+        assert field.description, f"setting {name} has no docstring"
+        assert " ".join(field.description.split())[:40] in text
+    assert "serve" in wattserve("--help").stdout
+
+
+def test_invalid_setting_exits_2_naming_it() -> None:
+    result = wattserve("serve", "--port", "70000")
+    assert result.returncode == 2
+    assert "port" in result.stderr
+    assert "less than or equal to 65535" in result.stderr
+
+
+def test_serves_the_demo_repository_by_default(demo_repository: Path) -> None:
+    with (
+        run_server("--demo-dir", str(demo_repository)) as server,
+        triton.InferenceServerClient(server.address) as client,
+    ):
+        names = {m.name for m in client.get_model_repository_index().models}
+        assert client.is_server_ready()
+    assert names == {"dense", "tabular_classifier", "text_classifier"}
+    assert f"(repository {demo_repository})" in server.text()
+
+
+def test_environment_variables_configure_the_server(repository: Path) -> None:
+    env = {
+        "WATTSERVE_REPOSITORY": str(repository),
+        "WATTSERVE_MODEL_CONTROL_MODE": "explicit",
+        "WATTSERVE_LOAD_MODEL": '["versioned", "dense"]',
+    }
+    with run_server(env=env) as server, triton.InferenceServerClient(server.address) as client:
+        ready = sorted(
+            {m.name for m in client.get_model_repository_index().models if m.state == "READY"}
+        )
+    assert ready == ["dense", "versioned"]
+    assert "serving 2 model(s)" in server.text()
