@@ -37,6 +37,23 @@ def test_invalid_setting_exits_2_naming_it() -> None:
     assert "less than or equal to 65535" in result.stderr
 
 
+def test_missing_repository_exits_1_saying_so(tmp_path: Path) -> None:
+    result = wattserve("serve", "--port", "0", "--repository", str(tmp_path / "absent"))
+    assert result.returncode == 1
+    assert f"cannot serve: model repository {tmp_path / 'absent'} does not exist" in result.stderr
+
+
+def test_health_command_reports_serving_and_unreachable(address: str) -> None:
+    serving = wattserve("health", "--address", address)
+    assert (serving.returncode, serving.stdout.strip()) == (0, f"{address}: SERVING")
+    unknown = wattserve("health", "--address", address, "--service", "no.Such")
+    assert unknown.returncode == 1
+    assert "NOT_FOUND" in unknown.stderr
+    down = wattserve("health", "--address", "127.0.0.1:1", "--timeout-s", "2")
+    assert down.returncode == 1
+    assert "UNAVAILABLE" in down.stderr
+
+
 def test_serves_the_demo_repository_by_default(demo_repository: Path) -> None:
     with (
         run_server("--demo-dir", str(demo_repository)) as server,

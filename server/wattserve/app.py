@@ -13,7 +13,7 @@ from grpc_health.v1.health import aio as health_aio
 
 from wattserve.batching.scheduler import DynamicBatcher
 from wattserve.core.dataplane import DataPlane
-from wattserve.core.errors import WattserveError
+from wattserve.core.errors import ModelLoadError, WattserveError
 from wattserve.core.registry import ModelRegistry, ServedModel
 from wattserve.core.repository import ModelSource, Repository
 from wattserve.core.statistics import ModelStatistics
@@ -82,7 +82,10 @@ class App:
         settings = self.settings
         root = settings.repository
         if root is None:
-            root = await asyncio.to_thread(ensure_demo_repository, settings.demo_dir)
+            try:
+                root = await asyncio.to_thread(ensure_demo_repository, settings.demo_dir)
+            except ModuleNotFoundError as exc:
+                raise ModelLoadError(str(exc)) from exc
         registry = ModelRegistry(Repository(root), build_model)
         explicit = settings.model_control_mode == "explicit"
         dataplane = DataPlane(registry, explicit_model_control=explicit)

@@ -58,12 +58,37 @@ def _parser() -> argparse.ArgumentParser:
     _add_settings_flags(serve, ServeSettings)
     demo = commands.add_parser("demo", help="build the demo model repository and print its path")
     demo.add_argument("--demo-dir", type=Path, default=None, help="where to build it")
+    health = commands.add_parser(
+        "health",
+        help="ask a server's gRPC health service; exit 0 when SERVING (for container checks)",
+    )
+    health.add_argument("--address", default="127.0.0.1:8001", help="server HOST:PORT")
+    health.add_argument("--service", default="", help='service to check ("" = the server)')
+    health.add_argument("--timeout-s", type=float, default=5.0, help="give up after this long")
     return parser
+
+
+def _health(address: str, service: str, timeout_s: float) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
+        except grpc.RpcError as error:
+            print(f"{address}: {error.code().name}: {error.details()}", file=sys.stderr)  # noqa: T201
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+    print(f"{address}: {status}")  # noqa: T201
+    return 0 if answer.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = vars(_parser().parse_args(argv))
     command = args.pop("command")
+    if command == "health":
+        return _health(args["address"], args["service"], args["timeout_s"])
     if command == "demo":
         from wattserve.demo import ensure_demo_repository
         from wattserve.settings import default_demo_dir
@@ -79,6 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     from wattserve.app import App
+    from wattserve.core.errors import WattserveError
 
-    asyncio.run(App(settings).run_until_signalled())
+    try:
+        asyncio.run(App(settings).run_until_signalled())
+    except WattserveError as exc:
+        logging.getLogger("wattserve").error("cannot serve: %s", exc)
+        return 1
     return 0

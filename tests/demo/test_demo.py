@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 from wattserve.demo import DEMO_MODEL_NAMES, ensure_demo_repository
+from wattserve.demo._models import DEMO_MODELS
 
 
 def digests(root: Path) -> dict[str, str]:
@@ -21,6 +22,7 @@ def test_demo_build_is_deterministic_and_not_repeated(
 ) -> None:
     again = ensure_demo_repository(tmp_path / "demo")
     assert digests(again) == digests(demo_repository)
+    assert tuple(m.name for m in DEMO_MODELS) == DEMO_MODEL_NAMES
     assert {p.name for p in again.iterdir() if p.is_dir()} == set(DEMO_MODEL_NAMES)
     model = again / "dense" / "1" / "model.onnx"
     before = model.stat().st_mtime_ns

@@ -138,7 +138,7 @@ def test_model_config_reads_like_a_triton_config(address: str) -> None:
         ("input", triton.model_config_pb2.TYPE_FP32, [512])
     ]
     assert dense.HasField("dynamic_batching")
-    assert list(dense.dynamic_batching.preferred_batch_size) == [32, 64]
+    assert list(dense.dynamic_batching.preferred_batch_size) == [64, 128]
     assert dense.dynamic_batching.max_queue_delay_microseconds == 500
     assert dense.dynamic_batching.default_queue_policy.max_queue_size == 1024
     assert dense.instance_group[0].count == 1

@@ -150,18 +150,22 @@ class DynamicBatcher:
         return batch, rows
 
     def _take(self, batch: list[Pending]) -> list[Pending]:
-        if len(batch) == len(self._queue):
-            self._queue.clear()
-        else:
+        queue = self._queue
+        if all(queue[i] is p for i, p in enumerate(batch)):  # the usual case: the oldest ones
+            for _ in batch:
+                queue.popleft()
+        else:  # requests of another shape were queued in between
             chosen = set(map(id, batch))
-            self._queue = collections.deque(p for p in self._queue if id(p) not in chosen)
+            self._queue = collections.deque(p for p in queue if id(p) not in chosen)
         return batch
 
     def _drop_abandoned(self) -> None:
         """Forget cancelled requests and fail those whose deadline passed while queued."""
-        if not any(p.future.done() or p.deadline for p in self._queue):
-            return
         now = time.monotonic()
+        if not any(
+            p.future.done() or (p.deadline is not None and p.deadline <= now) for p in self._queue
+        ):
+            return
         kept: collections.deque[Pending] = collections.deque()
         for p in self._queue:
             if p.future.done():

@@ -60,12 +60,11 @@ class DataPlane:
                 ok=False, total_ns=time.perf_counter_ns() - started, queue_ns=None
             )
             raise
-        wanted = request.outputs or tuple(t.name for t in model.signature.outputs)
-        specs = {t.name: t for t in model.signature.outputs}
+        types = model.output_types
         response = InferResponse(
             model_name=model.name,
             model_version=str(model.version),
-            outputs={name: (specs[name].datatype, outputs[name]) for name in wanted},
+            outputs={n: (types[n], outputs[n]) for n in request.outputs or model.all_outputs},
             id=request.id,
         )
         model.statistics.record_request(

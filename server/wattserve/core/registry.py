@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from wattserve.core.datatypes import Datatype
 from wattserve.core.errors import ModelLoadError, ModelNotFound, Unavailable, WattserveError
 from wattserve.core.repository import ModelSource, Repository
 from wattserve.core.statistics import ModelStatistics
@@ -45,6 +46,12 @@ class ServedModel:
     close: Callable[[], Awaitable[None]]
     """Drains the scheduler and releases the sessions."""
     statistics: ModelStatistics = field(default_factory=ModelStatistics)
+    output_types: dict[str, Datatype] = field(init=False)
+    all_outputs: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.output_types = {t.name: t.datatype for t in self.signature.outputs}
+        self.all_outputs = tuple(self.output_types)
 
     @property
     def label(self) -> str:

@@ -22,13 +22,12 @@ from wattserve.demo._files import (
     make_model,
     save_model,
 )
-from wattserve.demo._models import DEMO_MODELS
 
 logger = logging.getLogger(__name__)
 
 # Bump whenever a demo model or its config changes: repositories carrying another
 # version are rebuilt on the next start.
-BUILDER_VERSION = "wattserve-demo/1"
+BUILDER_VERSION = "wattserve-demo/2"
 MARKER_FILENAME = ".wattserve-demo"
 
 __all__ = [
@@ -42,7 +41,9 @@ __all__ = [
     "save_model",
 ]
 
-DEMO_MODEL_NAMES: tuple[str, ...] = tuple(model.name for model in DEMO_MODELS)
+# Kept literal so that checking a built repository needs none of the `demo` extra's packages;
+# tests/demo checks it against the builders.
+DEMO_MODEL_NAMES: tuple[str, ...] = ("tabular_classifier", "dense", "text_classifier")
 
 
 def ensure_demo_repository(root: Path) -> Path:
@@ -66,6 +67,13 @@ def ensure_demo_repository(root: Path) -> Path:
         _remove_leftovers(root)
         started = time.perf_counter()
         logger.info("building demo model repository at %s", root)
+        try:
+            from wattserve.demo._models import DEMO_MODELS
+        except ModuleNotFoundError as exc:
+            raise ModuleNotFoundError(
+                f"building the demo repository needs {exc.name}: install wattserve[demo], "
+                f"or serve your own models with --repository DIR"
+            ) from exc
         staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(root), dir=root.parent))
         try:
             for model in DEMO_MODELS:

@@ -6,8 +6,10 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import onnx
+if TYPE_CHECKING:  # onnx is the `demo` extra: imported only when a model is built
+    import onnx
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +25,8 @@ CONFIG_FILENAME = "config.toml"
 
 def make_model(graph: onnx.GraphProto, *, doc_string: str = "") -> onnx.ModelProto:
     """Wrap `graph` in a checked model using the project's opset and IR version."""
+    import onnx
+
     model = onnx.helper.make_model(
         graph,
         opset_imports=[onnx.helper.make_opsetid("", OPSET)],
