@@ -74,6 +74,8 @@ class ServedRun:
     load: LoadResult
     mean_batch_rows: float | None
     """Rows per batch the server executed over the whole run, warm-up included."""
+    steal_fraction: float
+    """Share of the machine's CPU time its host took away during the run (/proc/stat steal)."""
 
 
 # --- command line and machine ---------------------------------------------------------------
@@ -148,11 +150,22 @@ def build_demo(demo_dir: Path) -> Path:
     return demo_dir / MODEL / "1" / "model.onnx"
 
 
+def steal_counter() -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs from /proc/stat: a VM's time taken by its host."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[7] if len(fields) > 7 else 0, sum(fields[:8])
+
+
+def steal_since(start: tuple[int, int]) -> float:
+    steal, total = steal_counter()
+    return (steal - start[0]) / max(total - start[1], 1)
+
+
 async def serve_and_load(
-    demo_dir: Path, pinning: Pinning, args: argparse.Namespace, ort: list[OrtPoint]
-) -> list[dict[str, Any]]:
-    """One server; one closed-loop run per `--rows` entry, each printed as it finishes."""
-    summaries: list[dict[str, Any]] = []
+    demo_dir: Path, pinning: Pinning, args: argparse.Namespace
+) -> list[ServedRun]:
+    """One server; one closed-loop run per `--rows` entry."""
+    runs: list[ServedRun] = []
     async with (
         serving(demo_dir, pinning.server_core) as server,
         grpc.aio.insecure_channel(server.address) as channel,
@@ -164,10 +177,8 @@ async def serve_and_load(
         probes = [server.cpu_seconds, lambda: {"client": time.process_time()}]
         for rows in args.rows:
             print(f"... serving {rows} row(s)/request", file=sys.stderr, flush=True)
-            run = await serve_rows(stub, rows, args, probes)
-            summaries.append(summarise(run, ort))
-            print_run(summaries[-1])
-    return summaries
+            runs.append(await serve_rows(stub, rows, args, probes))
+    return runs
 
 
 async def serve_rows(
@@ -178,6 +189,7 @@ async def serve_rows(
 ) -> ServedRun:
     request = fp32_request(MODEL, INPUT, rows, WIDTH, seed=rows)
     await check_response(stub, request, WIDTH)
+    steal_start = steal_counter()
     rows_before, batches_before = await batch_counts(stub, MODEL)
     load = await run_closed_loop(
         stub,
@@ -189,16 +201,20 @@ async def serve_rows(
     )
     rows_after, batches_after = await batch_counts(stub, MODEL)
     batches = batches_after - batches_before
-    return ServedRun(load, (rows_after - rows_before) / batches if batches else None)
+    mean_rows = (rows_after - rows_before) / batches if batches else None
+    return ServedRun(load, mean_rows, steal_since(steal_start))
 
 
 # --- reporting ------------------------------------------------------------------------------
 
 
-def summarise(run: ServedRun, ort: list[OrtPoint]) -> dict[str, Any]:
-    """The figures of one served run next to the ONNX Runtime baseline (also the JSON shape)."""
+def summarise(run: ServedRun, ort: list[OrtPoint], best: OrtPoint) -> dict[str, Any]:
+    """The figures of one served run next to the ONNX Runtime baseline (also the JSON shape).
+
+    `best` is the best batch size's throughput averaged over the sweep before the served runs
+    and a second measurement after them, so slow drift of a shared machine cancels out.
+    """
     load = run.load
-    best = _ort.best(ort)
     same = next((p for p in ort if p.batch == load.rows_per_request), None)
     return {
         "rows_per_request": load.rows_per_request,
@@ -216,6 +232,7 @@ def summarise(run: ServedRun, ort: list[OrtPoint]) -> dict[str, Any]:
         },
         "client_cpu_cores": load.cpu_cores["client"],
         "mean_batch_rows": run.mean_batch_rows,
+        "steal_fraction": run.steal_fraction,
         "ort_best_batch": best.batch,
         "ort_best_samples_per_s": best.samples_per_s,
         "ratio_vs_ort_best": load.samples_per_s / best.samples_per_s,
@@ -260,6 +277,7 @@ def print_run(s: dict[str, Any]) -> None:
         f"{threads['native']:.2f}), load generator {s['client_cpu_cores']:.2f}"
     )
     print("  mean rows per executed batch: " + ("n/a" if mean is None else f"{mean:.1f}"))
+    print(f"  CPU time taken by the VM host (steal) during the run: {s['steal_fraction']:.1%}")
     print(
         f"  ratio vs ORT best (batch {s['ort_best_batch']}, "
         f"{s['ort_best_samples_per_s']:.1f} samples/s): {s['ratio_vs_ort_best']:.3f}"
@@ -298,8 +316,8 @@ def write_json(
     args: argparse.Namespace,
     ort: list[OrtPoint],
     summaries: list[dict[str, Any]],
+    best: OrtPoint,
 ) -> None:
-    best = _ort.best(ort)
     report = {
         "machine": facts,
         "settings": {k: v for k, v in vars(args).items() if k not in ("json", "demo_dir")},
@@ -308,7 +326,10 @@ def write_json(
             {"batch": p.batch, "samples_per_s": p.samples_per_s, "ms_per_batch": p.ms_per_batch}
             for p in ort
         ],
-        "ort_best": {"batch": best.batch, "samples_per_s": best.samples_per_s},
+        "ort_best_before_and_after_mean": {
+            "batch": best.batch,
+            "samples_per_s": best.samples_per_s,
+        },
         "runs": summaries,
     }
     path.write_text(json.dumps(report, indent=2) + "\n")
@@ -347,13 +368,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print_ort(ort)
         try:
-            summaries = asyncio.run(serve_and_load(demo_dir, pinning, args, ort))
+            runs = asyncio.run(serve_and_load(demo_dir, pinning, args))
         except LoadError as exc:
             print(f"benchmark failed: {exc}", file=sys.stderr)
             return 1
+        print("... measuring ONNX Runtime again at its best batch", file=sys.stderr, flush=True)
+        before = _ort.best(ort)
+        after = _ort.measure_in_child(
+            model,
+            INPUT,
+            WIDTH,
+            core=pinning.server_core,
+            batch_sizes=[before.batch],
+            warmup_s=args.warmup_s,
+            duration_s=args.duration_s,
+        )[0]
+    best = OrtPoint(before.batch, before.runs + after.runs, before.seconds + after.seconds)
+    print(
+        f"ONNX Runtime at batch {before.batch}: {before.samples_per_s:.1f} samples/s before the "
+        f"served runs, {after.samples_per_s:.1f} after; ratios use both pooled, "
+        f"{best.samples_per_s:.1f}\n"
+    )
+    summaries = [summarise(run, ort, best) for run in runs]
+    for summary in summaries:
+        print_run(summary)
     print_summary(summaries)
     if args.json is not None:
-        write_json(args.json, facts, pinning, args, ort, summaries)
+        write_json(args.json, facts, pinning, args, ort, summaries, best)
         print(f"\nwrote {args.json}")
     return 0
 
