@@ -32,12 +32,17 @@ class DoublingModel:
 
 
 def batcher(
-    model: DoublingModel, *, max_batch: int = 8, delay_us: int = 0, **policy: object
+    model: DoublingModel,
+    *,
+    max_batch: int = 8,
+    delay_us: int = 0,
+    instances: int = 1,
+    **policy: object,
 ) -> DynamicBatcher:
     b = DynamicBatcher(
         model.run,
         label="model 'double' version 1",
-        instances=1,
+        instances=instances,
         max_batch_size=max_batch,
         policy=DynamicBatchingConfig(max_queue_delay_us=delay_us, **policy),  # type: ignore[arg-type]
         statistics=ModelStatistics(),
@@ -180,3 +185,19 @@ async def test_close_runs_what_is_queued_then_refuses_new_requests() -> None:
     await closing
     assert all(f.done() and not f.exception() for f in futures)
     assert model.batches == [1, 2]
+
+
+async def test_each_instance_runs_its_own_batch_concurrently() -> None:
+    model = DoublingModel()
+    model.gate.clear()
+    b = batcher(model, instances=2)
+    first = submit(b)
+    await until(lambda: model.batches == [1])
+    second = submit(b, rows=2)
+    await until(lambda: model.batches == [1, 2])  # both in flight while the gate is shut
+    third = submit(b, rows=3)
+    await asyncio.sleep(0.01)
+    assert model.batches == [1, 2]  # no third instance: it waits in the queue
+    model.gate.set()
+    await asyncio.gather(first, second, third)
+    assert model.batches == [1, 2, 3]
