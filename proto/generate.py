@@ -51,6 +51,8 @@ def _generate(out: Path) -> dict[str, str]:
     if protoc.main(args) != 0:
         sys.exit("protoc failed")
     files: dict[str, str] = {}
+    # model_config.proto defines no service: its empty *_pb2_grpc.py would only be clutter.
+    (out / "model_config_pb2_grpc.py").unlink()
     for path in sorted(out.iterdir()):
         text = path.read_text()
         for pattern, replacement in _REWRITES:

@@ -59,7 +59,6 @@ class DynamicBatcher:
     ) -> None:
         self._run = run
         self.label = label
-        self._instances = instances
         self._max_rows = max(max_batch_size, 1)
         self._batches = max_batch_size > 0
         preferred = sorted(policy.preferred_batch_sizes)
@@ -84,6 +83,22 @@ class DynamicBatcher:
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._schedule(), name=f"batcher {self.label}")
+        self._loop_task.add_done_callback(self._report_crash)
+
+    def _report_crash(self, task: asyncio.Task[None]) -> None:
+        """A bug in scheduling must not leave callers waiting forever: answer them, refuse more."""
+        if task.cancelled() or task.exception() is None:
+            return
+        logger.critical(
+            "%s: the batcher stopped; the model takes no more requests",
+            self.label,
+            exc_info=task.exception(),
+        )
+        self._closing = True
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.set_exception(ExecutionError(f"{self.label}: internal error"))
+        self._queue.clear()
 
     def submit(
         self, inputs: Tensors, rows: int, shape_key: Hashable, deadline: float | None
@@ -133,7 +148,8 @@ class DynamicBatcher:
                 return self._take(batch)
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), budget_ns / 1e9)
+                async with asyncio.timeout(budget_ns / 1e9):
+                    await self._arrived.wait()
 
     def _collect(self) -> tuple[list[Pending], int]:
         """The oldest request and the queued ones that can share its batch, in arrival order."""

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from wattserve.core.dataplane import BACKEND, PLATFORM
 from wattserve.core.errors import InvalidRequest
 from wattserve.core.registry import IndexEntry, ServedModel
 from wattserve.core.statistics import Duration, ModelStatistics
@@ -78,15 +79,16 @@ def encode_model_metadata(model: ServedModel, versions: Iterable[ServedModel]) -
     return pb.ModelMetadataResponse(
         name=model.name,
         versions=[str(m.version) for m in versions],
-        platform="onnxruntime_onnx",
+        platform=PLATFORM,
         inputs=[_metadata_tensor(t) for t in model.signature.inputs],
         outputs=[_metadata_tensor(t) for t in model.signature.outputs],
     )
 
 
-def _config_dims(spec: TensorSpec, batches: bool) -> tuple[int, ...]:
+def _config_tensor(message: Any, spec: TensorSpec, batches: bool) -> Any:
     # ModelConfig dims leave out the batch dimension that ModelMetadata shapes include.
-    return spec.shape[1:] if batches else spec.shape
+    dims = spec.shape[1:] if batches else spec.shape
+    return message(name=spec.name, data_type=spec.datatype.config, dims=dims)
 
 
 def _version_policy(policy: str | list[int]) -> Any:
@@ -104,25 +106,15 @@ def encode_model_config(model: ServedModel) -> Any:
     gpu = config.device == "cuda"
     message = config_pb.ModelConfig(
         name=model.name,
-        platform="onnxruntime_onnx",
-        backend="onnxruntime",
+        platform=PLATFORM,
+        backend=BACKEND,
         max_batch_size=signature.max_batch_size,
         version_policy=_version_policy(config.version_policy),
         input=[
-            config_pb.ModelInput(
-                name=t.name,
-                data_type=t.datatype.config,
-                dims=_config_dims(t, signature.batches),
-            )
-            for t in signature.inputs
+            _config_tensor(config_pb.ModelInput, t, signature.batches) for t in signature.inputs
         ],
         output=[
-            config_pb.ModelOutput(
-                name=t.name,
-                data_type=t.datatype.config,
-                dims=_config_dims(t, signature.batches),
-            )
-            for t in signature.outputs
+            _config_tensor(config_pb.ModelOutput, t, signature.batches) for t in signature.outputs
         ],
         instance_group=[
             config_pb.ModelInstanceGroup(
