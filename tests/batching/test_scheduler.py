@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from wattserve.batching.scheduler import DynamicBatcher
+from wattserve.batching.scheduler import DynamicBatcher, Pending
 from wattserve.core.config import DynamicBatchingConfig
 from wattserve.core.errors import DeadlineExceeded, ExecutionError, QueueFull, Unavailable
 from wattserve.core.statistics import ModelStatistics
@@ -201,3 +201,29 @@ async def test_each_instance_runs_its_own_batch_concurrently() -> None:
     model.gate.set()
     await asyncio.gather(first, second, third)
     assert model.batches == [1, 2, 3]
+
+
+class BrokenBatcher(DynamicBatcher):
+    """A scheduling bug: forming any batch raises."""
+
+    def _collect(self) -> tuple[list[Pending], int]:
+        raise RuntimeError("bug in batch formation")
+
+
+async def test_a_crashed_scheduler_answers_its_queue_and_refuses_more(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    b = BrokenBatcher(
+        DoublingModel().run,
+        label="model 'double' version 1",
+        instances=1,
+        max_batch_size=8,
+        policy=DynamicBatchingConfig(),
+        statistics=ModelStatistics(),
+    )
+    b.start()
+    with pytest.raises(ExecutionError, match="model 'double' version 1: internal error"):
+        await asyncio.wait_for(submit(b), timeout=5)
+    with pytest.raises(Unavailable, match="stopped after an internal error"):
+        submit(b)
+    assert "the batcher stopped" in caplog.text

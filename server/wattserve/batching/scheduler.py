@@ -71,6 +71,7 @@ class DynamicBatcher:
         self._arrived = asyncio.Event()
         self._slots = asyncio.Semaphore(instances)
         self._closing = False
+        self._refusal = "is being unloaded and takes no new requests"
         self._loop_task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._last_arrival_ns = 0
@@ -95,6 +96,7 @@ class DynamicBatcher:
             exc_info=task.exception(),
         )
         self._closing = True
+        self._refusal = "stopped after an internal error (see the server log); reload the model"
         for pending in self._queue:
             if not pending.future.done():
                 pending.future.set_exception(ExecutionError(f"{self.label}: internal error"))
@@ -104,7 +106,7 @@ class DynamicBatcher:
         self, inputs: Tensors, rows: int, shape_key: Hashable, deadline: float | None
     ) -> asyncio.Future[tuple[Tensors, int]]:
         if self._closing:
-            raise Unavailable(f"{self.label} is being unloaded and takes no new requests")
+            raise Unavailable(f"{self.label} {self._refusal}")
         if len(self._queue) >= self._max_queue:
             raise QueueFull(
                 f"{self.label}: queue is full ({self._max_queue} requests waiting, the "
