@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 READY = re.compile(r"wattserve ready: serving \d+ model\(s\) on (\S+):(\d+)")
 
@@ -22,6 +25,8 @@ class ServerProcess:
 
     process: subprocess.Popen[str]
     address: str = ""
+    metrics_url: str = ""
+    ledger_path: str = ""
     log: list[str] = field(default_factory=list)
 
     def text(self) -> str:
@@ -32,6 +37,9 @@ def _read_log(server: ServerProcess, ready: threading.Event) -> None:
     assert server.process.stdout is not None
     for line in server.process.stdout:
         server.log.append(line)
+        metrics = METRICS.search(line)
+        if metrics:
+            server.metrics_url = f"http://127.0.0.1:{metrics.group(2)}/metrics"
         match = READY.search(line)
         if match and not ready.is_set():
             server.address = f"127.0.0.1:{match.group(2)}"
@@ -39,18 +47,31 @@ def _read_log(server: ServerProcess, ready: threading.Event) -> None:
     ready.set()  # the process ended: let the waiter see it
 
 
+METRICS = re.compile(r"Prometheus metrics on http://(\S+):(\d+)/metrics")
+
+
 @contextlib.contextmanager
 def run_server(*args: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
-    """Start `wattserve serve --port 0 ARGS`, wait until it is ready, SIGTERM it afterwards."""
+    """Start `wattserve serve --port 0 ARGS`, wait until it is ready, SIGTERM it afterwards.
+
+    Unless ARGS say otherwise, the server writes a ledger of its own in a fresh temporary folder
+    and serves metrics on a free port, so tests never touch a user's ledger.
+    """
+    ledger_dir = tempfile.mkdtemp(prefix="wattserve-test-")
+    defaults = {
+        "WATTSERVE_LEDGER_PATH": str(Path(ledger_dir) / "ledger.sqlite"),
+        "WATTSERVE_METRICS_PORT": "0",
+    }
     command = [sys.executable, "-m", "wattserve", "serve", "--port", "0", *args]
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **defaults, **(env or {})},
     )
-    server = ServerProcess(process)
+    merged = {**defaults, **(env or {})}
+    server = ServerProcess(process, ledger_path=merged["WATTSERVE_LEDGER_PATH"])
     ready = threading.Event()
     reader = threading.Thread(target=_read_log, args=(server, ready), daemon=True)
     reader.start()
@@ -67,6 +88,7 @@ def run_server(*args: str, env: dict[str, str] | None = None) -> Iterator[Server
                 process.kill()
                 process.wait()
         reader.join(timeout=5)
+        shutil.rmtree(ledger_dir, ignore_errors=True)
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from wattserve.core import datatypes
+from wattserve.grpc.messages import encode_parameter
 from wattserve.grpc.tensors import decode_raw, encode_raw
 from wattserve.protocol import pb
 
@@ -49,19 +50,8 @@ def infer_request(
         raw_input_contents=raw,
     )
     for key, parameter in (parameters or {}).items():
-        _set_parameter(request.parameters[key], parameter)
+        encode_parameter(request.parameters[key], parameter)
     return request
-
-
-def _set_parameter(target: Any, value: bool | int | float | str) -> None:
-    if isinstance(value, bool):
-        target.bool_param = value
-    elif isinstance(value, int):
-        target.int64_param = value
-    elif isinstance(value, float):
-        target.double_param = value
-    else:
-        target.string_param = value
 
 
 def outputs_of(response: Any) -> Tensors:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 
@@ -14,19 +15,25 @@ from grpc_health.v1.health import aio as health_aio
 from wattserve.batching.scheduler import DynamicBatcher
 from wattserve.core.dataplane import DataPlane
 from wattserve.core.errors import ModelLoadError, WattserveError
+from wattserve.core.observer import BatchObserver
 from wattserve.core.registry import ModelRegistry, ServedModel
 from wattserve.core.repository import ModelSource, Repository
 from wattserve.core.statistics import ModelStatistics
 from wattserve.demo import ensure_demo_repository
 from wattserve.execution.onnx import OnnxRunner
 from wattserve.grpc.server import HEALTH_SERVICE, build_server
+from wattserve.metering.energy import EnergySettings
+from wattserve.metering.meter import Meter, MeterConfig, Prices
+from wattserve.metering.prometheus import MeterCollector, serve_metrics
 from wattserve.protocol import SERVICE_NAME
 from wattserve.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
 
 
-async def build_model(source: ModelSource) -> dict[int, ServedModel]:
+async def build_model(
+    source: ModelSource, observer: BatchObserver | None = None
+) -> dict[int, ServedModel]:
     """Sessions (on a worker thread: loading blocks) and a batcher for every version."""
     models: dict[int, ServedModel] = {}
     for version, path in source.versions.items():
@@ -36,11 +43,13 @@ async def build_model(source: ModelSource) -> dict[int, ServedModel]:
         statistics = ModelStatistics()
         batcher = DynamicBatcher(
             runner.run,
-            label=runner.label,
+            model=source.name,
+            version=str(version),
             instances=runner.instances,
             max_batch_size=runner.signature.max_batch_size,
             policy=source.config.dynamic_batching,
             statistics=statistics,
+            observer=observer,
         )
         batcher.start()
 
@@ -62,6 +71,32 @@ async def build_model(source: ModelSource) -> dict[int, ServedModel]:
     return models
 
 
+def meter_config(settings: ServeSettings) -> MeterConfig:
+    energy = None
+    if settings.energy_metering:
+        energy = EnergySettings(
+            country_iso_code=settings.country_iso_code,
+            region=settings.region,
+            carbon_intensity_g_per_kwh=settings.carbon_intensity_g_per_kwh,
+            pue=settings.pue,
+            interval_s=settings.meter_interval_s,
+            tracking_mode=settings.tracking_mode,
+            force_cpu_power_w=settings.force_cpu_power_w,
+            force_ram_power_w=settings.force_ram_power_w,
+            gpu_ids=None,
+        )
+    return MeterConfig(
+        ledger_path=settings.ledger_path,
+        interval_s=settings.meter_interval_s,
+        energy=energy,
+        prices=Prices(
+            energy_per_kwh=settings.energy_price_per_kwh,
+            instance_per_hour=settings.instance_price_per_hour,
+            currency=settings.currency,
+        ),
+    )
+
+
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
@@ -76,6 +111,8 @@ class App:
         self._registry: ModelRegistry | None = None
         self._dataplane: DataPlane | None = None
         self._server: object | None = None
+        self._meter: Meter | None = None
+        self._metrics: object | None = None
 
     async def start(self) -> int:
         """Listen, load the models, then report ready. Returns the bound port."""
@@ -86,9 +123,27 @@ class App:
                 root = await asyncio.to_thread(ensure_demo_repository, settings.demo_dir)
             except ModuleNotFoundError as exc:
                 raise ModelLoadError(str(exc)) from exc
-        registry = ModelRegistry(Repository(root), build_model)
+        meter = self._meter = Meter(meter_config(settings))
+        await meter.start()
+        registry = ModelRegistry(
+            Repository(root), functools.partial(build_model, observer=meter.recorder)
+        )
         explicit = settings.model_control_mode == "explicit"
-        dataplane = DataPlane(registry, explicit_model_control=explicit)
+        dataplane = DataPlane(
+            registry,
+            explicit_model_control=explicit,
+            observer=meter,
+            response_figures=settings.response_figures,
+        )
+        if settings.metrics_enabled:
+            server_, _, metrics_port = serve_metrics(
+                settings.metrics_host, settings.metrics_port, MeterCollector(registry.loaded, meter)
+            )
+            self._metrics = server_
+            logger.info(
+                "Prometheus metrics on http://%s/metrics",
+                _address(settings.metrics_host, metrics_port),
+            )
         for service in ("", SERVICE_NAME, HEALTH_SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         server = build_server(dataplane, self._health, max_message_bytes=settings.max_message_bytes)
@@ -126,6 +181,10 @@ class App:
             await self._server.stop(self.settings.grace_period_s)  # type: ignore[attr-defined]
         if self._registry is not None:
             await self._registry.close()
+        if self._meter is not None:
+            await self._meter.stop()
+        if self._metrics is not None:
+            self._metrics.shutdown()  # type: ignore[attr-defined]
         logger.info("wattserve stopped")
 
     async def run_until_signalled(self) -> None:

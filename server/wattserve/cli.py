@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
+from wattserve.metering.report import add_report_arguments, run_report
 from wattserve.settings import ServeSettings
 
 
@@ -58,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_settings_flags(serve, ServeSettings)
     demo = commands.add_parser("demo", help="build the demo model repository and print its path")
     demo.add_argument("--demo-dir", type=Path, default=None, help="where to build it")
+    report = commands.add_parser(
+        "report",
+        help="energy, carbon and cost from the usage ledger, as a table, CSV, JSON or HTML",
+        description="Report the usage ledger over a period, grouped by model, tenant or day.",
+    )
+    add_report_arguments(report)
     health = commands.add_parser(
         "health",
         help="ask a server's gRPC health service; exit 0 when SERVING (for container checks)",
@@ -87,6 +94,8 @@ def _health(address: str, service: str, timeout_s: float) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = vars(_parser().parse_args(argv))
     command = args.pop("command")
+    if command == "report":
+        return run_report(argparse.Namespace(**args))
     if command == "health":
         return _health(args["address"], args["service"], args["timeout_s"])
     if command == "demo":

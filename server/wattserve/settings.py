@@ -15,6 +15,11 @@ def default_demo_dir() -> Path:
     return Path(cache) / "wattserve" / "demo-repository"
 
 
+def default_ledger_path() -> Path:
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "wattserve" / "ledger.sqlite"
+
+
 class ServeSettings(BaseSettings):
     """Settings of `wattserve serve`. Each can be set as a flag or a WATTSERVE_<NAME> variable."""
 
@@ -42,3 +47,43 @@ class ServeSettings(BaseSettings):
     """On shutdown, how long in-flight requests may take to finish before they are cancelled."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Least severe log messages written to stderr."""
+
+    # --- the meter (docs/metering.md) ---
+    ledger_path: Path = Field(default_factory=default_ledger_path)
+    """SQLite usage ledger: per-interval energy, carbon and cost by model, version and tenant."""
+    meter_interval_s: Annotated[float, Field(ge=0.2, le=60)] = 1.0
+    """Length of one metering interval (also codecarbon's measurement period): the most a crash
+    can lose from the ledger."""
+    energy_metering: bool = True
+    """Measure energy with codecarbon (offline). Off: usage is still recorded, energy is "no
+    data" (never zero)."""
+    country_iso_code: str | None = None
+    """ISO 3166 alpha-3 country of the machine (e.g. FRA, USA) for codecarbon's grid carbon
+    intensity; unset means the world average, which reports say."""
+    region: str | None = None
+    """Region inside the country (e.g. a US state) where codecarbon has regional data."""
+    carbon_intensity_g_per_kwh: Annotated[float, Field(ge=0)] | None = None
+    """Grid carbon intensity override, gCO2e per kWh (e.g. from your utility)."""
+    pue: Annotated[float, Field(ge=1.0, le=5.0)] = 1.0
+    """Power usage effectiveness of the data centre: facility energy ÷ IT energy."""
+    tracking_mode: Literal["process", "machine"] = "process"
+    """Energy of this process's CPU share (process) or of the whole machine (machine)."""
+    force_cpu_power_w: Annotated[float, Field(gt=0)] | None = None
+    """CPU power (W) at full load when the chip's TDP is unknown; else codecarbon estimates."""
+    force_ram_power_w: Annotated[float, Field(gt=0)] | None = None
+    """RAM power (W) instead of codecarbon's estimate from installed memory."""
+    energy_price_per_kwh: Annotated[float, Field(ge=0)] = 0.15
+    """Electricity price per kWh, in --currency (facility energy, i.e. after PUE)."""
+    instance_price_per_hour: Annotated[float, Field(ge=0)] = 0.0
+    """Price of the machine per hour, in --currency, shared out by usage (idle keeps the rest)."""
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "USD"
+    """ISO 4217 code of the prices above."""
+    response_figures: bool = False
+    """Add each request's estimated energy, carbon and cost to every response (else only when
+    the request sets the parameter wattserve_energy = true)."""
+    metrics_host: str = "127.0.0.1"
+    """Address of the Prometheus endpoint (HTTP /metrics)."""
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 8002
+    """Port of the Prometheus endpoint; 0 picks a free one (logged at start)."""
+    metrics_enabled: bool = True
+    """Serve the Prometheus endpoint."""

@@ -41,7 +41,8 @@ def batcher(
 ) -> DynamicBatcher:
     b = DynamicBatcher(
         model.run,
-        label="model 'double' version 1",
+        model="double",
+        version="1",
         instances=instances,
         max_batch_size=max_batch,
         policy=DynamicBatchingConfig(max_queue_delay_us=delay_us, **policy),  # type: ignore[arg-type]
@@ -215,7 +216,8 @@ async def test_a_crashed_scheduler_answers_its_queue_and_refuses_more(
 ) -> None:
     b = BrokenBatcher(
         DoublingModel().run,
-        label="model 'double' version 1",
+        model="double",
+        version="1",
         instances=1,
         max_batch_size=8,
         policy=DynamicBatchingConfig(),

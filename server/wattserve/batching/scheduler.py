@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from wattserve.batching.tensors import merge, split
 from wattserve.core.config import DynamicBatchingConfig
 from wattserve.core.errors import DeadlineExceeded, ExecutionError, QueueFull, Unavailable
+from wattserve.core.observer import BatchObserver
 from wattserve.core.statistics import ModelStatistics
 from wattserve.core.types import Tensors
 
@@ -39,6 +40,7 @@ class Pending:
     shape_key: Hashable
     """Requests batch together only when their non-batch dimensions agree."""
     deadline: float | None
+    tenant: str
     future: asyncio.Future[tuple[Tensors, int]]
     """Resolves to (outputs, queue_ns)."""
     enqueued_ns: int = field(default_factory=time.perf_counter_ns)
@@ -51,14 +53,18 @@ class DynamicBatcher:
         self,
         run: Callable[[Tensors], Awaitable[Tensors]],
         *,
-        label: str,
+        model: str,
+        version: str,
         instances: int,
         max_batch_size: int,
         policy: DynamicBatchingConfig,
         statistics: ModelStatistics,
+        observer: BatchObserver | None = None,
     ) -> None:
         self._run = run
-        self.label = label
+        self._model, self._version = model, version
+        self.label = f"model '{model}' version {version}"
+        self._observer = observer
         self._max_rows = max(max_batch_size, 1)
         self._batches = max_batch_size > 0
         preferred = sorted(policy.preferred_batch_sizes)
@@ -103,7 +109,12 @@ class DynamicBatcher:
         self._queue.clear()
 
     def submit(
-        self, inputs: Tensors, rows: int, shape_key: Hashable, deadline: float | None
+        self,
+        inputs: Tensors,
+        rows: int,
+        shape_key: Hashable,
+        deadline: float | None,
+        tenant: str = "default",
     ) -> asyncio.Future[tuple[Tensors, int]]:
         if self._closing:
             raise Unavailable(f"{self.label} {self._refusal}")
@@ -118,7 +129,7 @@ class DynamicBatcher:
             self._gap_ns += _GAP_WEIGHT * (gap - self._gap_ns)
         self._last_arrival_ns = now
         future: asyncio.Future[tuple[Tensors, int]] = asyncio.get_running_loop().create_future()
-        self._queue.append(Pending(inputs, rows, shape_key, deadline, future, now))
+        self._queue.append(Pending(inputs, rows, shape_key, deadline, tenant, future, now))
         self._arrived.set()
         return future
 
@@ -205,8 +216,13 @@ class DynamicBatcher:
             start = time.perf_counter_ns()
             merged = merge([p.inputs for p in batch])
             merged_at = time.perf_counter_ns()
-            outputs = await self._run(merged)
-            ran_at = time.perf_counter_ns()
+            token = self._observe_start(batch, merged_at)
+            try:
+                outputs = await self._run(merged)
+            finally:
+                ran_at = time.perf_counter_ns()
+                if self._observer is not None:
+                    self._observer.batch_finished(token, ran_at)
             row_counts = [p.rows for p in batch]
             parts = split(outputs, row_counts, label=self.label) if self._batches else [outputs]
             done_at = time.perf_counter_ns()
@@ -230,6 +246,14 @@ class DynamicBatcher:
         for p, part in zip(batch, parts, strict=True):
             if not p.future.done():
                 p.future.set_result((part, start - p.enqueued_ns))
+
+    def _observe_start(self, batch: list[Pending], start_ns: int) -> int:
+        if self._observer is None:
+            return 0
+        tenant_rows: dict[str, int] = {}
+        for p in batch:
+            tenant_rows[p.tenant] = tenant_rows.get(p.tenant, 0) + p.rows
+        return self._observer.batch_started(self._model, self._version, start_ns, tenant_rows)
 
     async def close(self) -> None:
         """Stop taking requests, run everything already queued, wait for running batches."""

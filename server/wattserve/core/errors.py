@@ -11,6 +11,7 @@
     └── ExecutionError    ONNX Runtime failed, or outputs cannot be split   INTERNAL
 
 Every message names the model (and the input or output) and says what was expected and what came.
+Each class carries its status name; wattserve.grpc.status turns it into a gRPC status code.
 """
 
 from __future__ import annotations
@@ -19,34 +20,52 @@ from __future__ import annotations
 class WattserveError(Exception):
     """Base of every error wattserve reports to a client with its own message."""
 
+    status = "INTERNAL"
+
 
 class InvalidRequest(WattserveError):
     """The request is malformed; nothing of it reached the model."""
+
+    status = "INVALID_ARGUMENT"
 
 
 class ModelNotFound(WattserveError):
     """No model (or model version) of that name is in the repository."""
 
+    status = "NOT_FOUND"
+
 
 class Unavailable(WattserveError):
     """The model or the server cannot take requests now; retrying later may succeed."""
+
+    status = "UNAVAILABLE"
 
 
 class QueueFull(WattserveError):
     """The model's queue is at its configured bound; the request was not accepted."""
 
+    status = "RESOURCE_EXHAUSTED"
+
 
 class DeadlineExceeded(WattserveError):
     """The request's deadline passed while it was queued."""
+
+    status = "DEADLINE_EXCEEDED"
 
 
 class NotAllowed(WattserveError):
     """The operation is refused in the server's current mode."""
 
+    status = "FAILED_PRECONDITION"
+
 
 class ModelLoadError(WattserveError):
     """A model could not be loaded: bad file, bad config, unsupported types or device."""
 
+    status = "INVALID_ARGUMENT"
+
 
 class ExecutionError(WattserveError):
     """Running a batch failed; every request in that batch gets this error."""
+
+    status = "INTERNAL"

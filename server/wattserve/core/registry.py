@@ -26,7 +26,12 @@ class Scheduler(Protocol):
     def queue_depth(self) -> int: ...
 
     def submit(
-        self, inputs: Tensors, rows: int, shape_key: Hashable, deadline: float | None
+        self,
+        inputs: Tensors,
+        rows: int,
+        shape_key: Hashable,
+        deadline: float | None,
+        tenant: str = "default",
     ) -> asyncio.Future[tuple[Tensors, int]]: ...
 
     async def close(self) -> None: ...

@@ -27,6 +27,8 @@ class InferRequest:
     parameters: Mapping[str, Parameter] = field(default_factory=dict)
     deadline: float | None = None
     """Absolute `time.monotonic()` after which the request is dropped unexecuted."""
+    tenant: str = "default"
+    """Who the usage is charged to (docs/metering.md)."""
 
 
 @dataclass(frozen=True, slots=True)

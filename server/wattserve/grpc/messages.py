@@ -27,7 +27,9 @@ def decode_parameters(parameters: Mapping[str, Any]) -> dict[str, Parameter]:
     return decoded
 
 
-def decode_infer_request(message: Any, time_remaining: float | None) -> InferRequest:
+def decode_infer_request(
+    message: Any, time_remaining: float | None, tenant: str = "default"
+) -> InferRequest:
     """A ModelInferRequest as the core sees it; `time_remaining` is the gRPC deadline in seconds."""
     parameters = decode_parameters(message.parameters) if message.parameters else {}
     budget = time_remaining
@@ -48,6 +50,7 @@ def decode_infer_request(message: Any, time_remaining: float | None) -> InferReq
         id=message.id,
         parameters=parameters,
         deadline=None if budget is None else time.monotonic() + budget,
+        tenant=tenant,
     )
 
 
@@ -60,13 +63,28 @@ def encode_infer_response(response: InferResponse) -> Any:
             )
         )
         raw.append(encode_raw(datatype, array))
-    return pb.ModelInferResponse(
+    message = pb.ModelInferResponse(
         model_name=response.model_name,
         model_version=response.model_version,
         id=response.id,
         outputs=outputs,
         raw_output_contents=raw,
     )
+    for key, value in response.parameters.items():
+        encode_parameter(message.parameters[key], value)
+    return message
+
+
+def encode_parameter(target: Any, value: Parameter) -> None:
+    """Set the InferParameter field that matches the value's type (bool before int: bool is int)."""
+    if isinstance(value, bool):
+        target.bool_param = value
+    elif isinstance(value, int):
+        target.int64_param = value
+    elif isinstance(value, float):
+        target.double_param = value
+    else:
+        target.string_param = value
 
 
 def _metadata_tensor(spec: TensorSpec) -> Any:

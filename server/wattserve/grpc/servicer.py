@@ -14,6 +14,7 @@ from wattserve.core.dataplane import DataPlane
 from wattserve.core.errors import InvalidRequest
 from wattserve.grpc import messages
 from wattserve.grpc.status import describe, translate_errors
+from wattserve.grpc.tenants import tenant_of
 from wattserve.protocol import pb, pb_grpc
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @translate_errors
     async def ModelInfer(self, request: Any, context: Context) -> Any:
-        decoded = messages.decode_infer_request(request, context.time_remaining())
+        tenant = tenant_of(context.invocation_metadata())
+        decoded = messages.decode_infer_request(request, context.time_remaining(), tenant)
         return messages.encode_infer_response(await self._dataplane.infer(decoded))
 
     async def ModelStreamInfer(
@@ -64,10 +66,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """
         finished: asyncio.Queue[Any] = asyncio.Queue()
         running: set[asyncio.Task[None]] = set()
+        try:
+            tenant = tenant_of(context.invocation_metadata())
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
         async def answer(request: Any) -> None:
             try:
-                decoded = messages.decode_infer_request(request, None)
+                decoded = messages.decode_infer_request(request, None, tenant)
                 response = messages.encode_infer_response(await self._dataplane.infer(decoded))
                 await finished.put(pb.ModelStreamInferResponse(infer_response=response))
             except Exception as exc:

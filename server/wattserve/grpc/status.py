@@ -13,25 +13,12 @@ from wattserve.core import errors
 
 logger = logging.getLogger(__name__)
 
-CODES: dict[type[errors.WattserveError], grpc.StatusCode] = {
-    errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
-    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
-    errors.QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    errors.NotAllowed: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.ModelLoadError: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.ExecutionError: grpc.StatusCode.INTERNAL,
-}
-
 INTERNAL_MESSAGE = "internal server error; the server log has the details"
 
 
 def code_for(exc: errors.WattserveError) -> grpc.StatusCode:
-    for cls in type(exc).__mro__:
-        if cls in CODES:
-            return CODES[cls]
-    return grpc.StatusCode.INTERNAL
+    """The status each error class names (see the table in wattserve.core.errors)."""
+    return grpc.StatusCode[exc.status]
 
 
 def describe(exc: Exception) -> tuple[grpc.StatusCode, str]:

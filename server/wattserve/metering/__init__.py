@@ -1,0 +1,2 @@
+"""Metering: usage seams, energy measurement, attribution, the ledger, exports. Never changes a
+result; see docs/metering.md."""

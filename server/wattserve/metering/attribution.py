@@ -1,0 +1,240 @@
+"""One interval's attribution: measured energy, carbon and cost split into model/tenant shares.
+
+Pure arithmetic, no I/O or clocks; the rules are those of docs/metering.md, "Attribution":
+
+1. Every batch's ``[start_ns, end_ns)`` is clipped to the interval ``[start_ns, end_ns)``; the
+   union ``B`` of the clipped ranges (concurrent instances count once) gives ``busy = B / T``.
+2. ``attributed = total * B // T`` in exact integer arithmetic; the remainder is idle, so
+   ``sum(shares) + idle == measured`` exactly, for energy, carbon and cost alike.
+3. ``attributed`` is split among (model, version) by clipped compute time ``c_m`` (the sum of the
+   model's clipped batch durations: overlaps within a model count in full, as compute used).
+4. A model's part is split among tenants by rows. A batch straddling a boundary computes in two
+   intervals, so its rows weigh in each interval by the fraction of its duration that lies there:
+   its tenants pay for the compute each interval saw, and a model with compute never lacks a
+   tenant to charge. A batch wholly inside the interval weighs its plain rows. A batch of only
+   zero-row requests still computed, so it weighs each of its tenants as one row.
+5. ``Share.rows`` counts a batch's rows in the one interval where the batch *ends*, ``end_ns``
+   in ``(start_ns, end_ns]``; over consecutive intervals every row is counted exactly once, and in
+   the interval holding its last compute.
+
+Splits use the largest-remainder method (``split``), with ties going to the first key in sorted
+(model, version, tenant) order, so the same input always gives the same micro-units.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TypeVar
+
+K = TypeVar("K", bound=Hashable)
+Weight = int | float | Fraction
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One executed batch, as the recorder saw it."""
+
+    model: str
+    version: str
+    start_ns: int
+    """``perf_counter_ns`` at the start of the ONNX Runtime run."""
+    end_ns: int
+    tenant_rows: Mapping[str, int]
+    """Tenant -> rows of that tenant in the batch."""
+
+    def __post_init__(self) -> None:
+        if self.end_ns < self.start_ns:
+            raise ValueError(
+                f"batch of {self.model}:{self.version} ends ({self.end_ns}) before it starts "
+                f"({self.start_ns})"
+            )
+        if not self.tenant_rows:
+            # Every batch holds at least one request, so someone must pay for its compute.
+            raise ValueError(f"batch of {self.model}:{self.version} names no tenant")
+        if any(rows < 0 for rows in self.tenant_rows.values()):
+            raise ValueError(f"batch of {self.model}:{self.version} has negative rows")
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """What an interval (or a part of it) cost, in integer micro-units."""
+
+    energy_uj: int
+    carbon_ug: int
+    cost_micros: int
+
+    def __post_init__(self) -> None:
+        if min(self.energy_uj, self.carbon_ug, self.cost_micros) < 0:
+            raise ValueError(f"measured amounts must be non-negative, got {self}")
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """One (model, version, tenant)'s attributed part; amounts are None with no energy data."""
+
+    model: str
+    version: str
+    tenant: str
+    compute_ns: int
+    """This key's share of its model's clipped compute time (split by rows, largest remainder)."""
+    rows: int
+    """Rows of this key's batches that ended in the interval."""
+    energy_uj: int | None
+    carbon_ug: int | None
+    cost_micros: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """One interval's attribution: ``sum(shares) + idle == measured``, amount by amount."""
+
+    busy_fraction: float
+    """|union of clipped batch ranges| / interval length, in [0, 1]."""
+    shares: tuple[Share, ...]
+    """Sorted by (model, version, tenant)."""
+    idle: Measured | None
+    """What no model's computing accounts for; None when there was no energy data."""
+
+
+def _clip(batch: Batch, start_ns: int, end_ns: int) -> tuple[int, int]:
+    return max(batch.start_ns, start_ns), min(batch.end_ns, end_ns)
+
+
+def busy_ns(batches: Sequence[Batch], start_ns: int, end_ns: int) -> int:
+    """Length of the union of the batches' [start, end) ranges clipped to [start_ns, end_ns)."""
+    ranges = sorted(r for r in (_clip(b, start_ns, end_ns) for b in batches) if r[0] < r[1])
+    total = 0
+    covered_to = start_ns  # sorted by start, so only the part past covered_to is new
+    for lo, hi in ranges:
+        if hi > covered_to:
+            total += hi - max(lo, covered_to)
+            covered_to = hi
+    return total
+
+
+def split(total: int, weights: Mapping[K, Weight]) -> dict[K, int]:
+    """Largest-remainder split of ``total`` in proportion to ``weights``; sums exactly to it.
+
+    Each key gets the floor of its exact quota, and the units left over go one each to the keys
+    with the largest fractional remainders, ties to the earlier key in ``weights``' order. Float
+    weights are taken at their exact binary value, so no quota is rounded twice. A key of weight
+    0 gets 0. A total of 0 gives every key 0, even if every weight is 0; a positive total with no
+    positive weight has nowhere to go and raises ValueError (the caller decides where it belongs).
+    """
+    if total < 0:
+        raise ValueError(f"cannot split a negative total ({total})")
+    exact: dict[K, Fraction] = {}
+    for key, weight in weights.items():
+        if isinstance(weight, float) and not math.isfinite(weight):
+            raise ValueError(f"weight of {key!r} is {weight}")
+        if weight < 0:
+            raise ValueError(f"weight of {key!r} is negative ({weight})")
+        exact[key] = Fraction(weight)
+    weight_sum = sum(exact.values(), Fraction(0))
+    if weight_sum == 0:
+        if total:
+            raise ValueError(f"cannot split {total} among keys that all weigh 0")
+        return dict.fromkeys(exact, 0)
+    quotas = {key: total * weight / weight_sum for key, weight in exact.items()}
+    parts = {key: math.floor(quota) for key, quota in quotas.items()}
+    left = total - sum(parts.values())
+    # sorted() is stable, so equal remainders keep the mapping's order: deterministic ties.
+    by_remainder = sorted(quotas, key=lambda key: parts[key] - quotas[key])
+    for key in by_remainder[:left]:
+        parts[key] += 1
+    return parts
+
+
+def _split_measured(amounts: Measured, weights: Mapping[K, Weight]) -> dict[K, Measured]:
+    # Carbon and cost follow energy's weights, each split from its own total (never derived from
+    # a rounded energy part), so each of the three sums exactly.
+    energy = split(amounts.energy_uj, weights)
+    carbon = split(amounts.carbon_ug, weights)
+    cost = split(amounts.cost_micros, weights)
+    return {key: Measured(energy[key], carbon[key], cost[key]) for key in weights}
+
+
+def attribute(
+    batches: Sequence[Batch], start_ns: int, end_ns: int, measured: Measured | None
+) -> Attribution:
+    """Attribute one interval ``[start_ns, end_ns)``'s measured amounts to the batches in it.
+
+    ``measured=None`` means "no energy data": busy fraction, compute and rows are still computed,
+    but every amount (and idle) is None rather than a misleading zero. Raises ValueError for an
+    empty or reversed interval.
+    """
+    interval_ns = end_ns - start_ns
+    if interval_ns <= 0:
+        raise ValueError(f"interval [{start_ns}, {end_ns}) is empty")
+    union_ns = busy_ns(batches, start_ns, end_ns)
+
+    compute_ns: dict[tuple[str, str], int] = {}
+    tenant_weights: dict[tuple[str, str], dict[str, Fraction]] = {}
+    tenant_rows: dict[tuple[str, str], dict[str, int]] = {}
+    for batch in batches:
+        lo, hi = _clip(batch, start_ns, end_ns)
+        clipped_ns = max(hi - lo, 0)
+        ends_here = start_ns < batch.end_ns <= end_ns
+        if not clipped_ns and not ends_here:
+            continue
+        key = (batch.model, batch.version)
+        compute_ns[key] = compute_ns.get(key, 0) + clipped_ns
+        key_weights = tenant_weights.setdefault(key, {})
+        key_rows = tenant_rows.setdefault(key, {})
+        no_rows = not any(batch.tenant_rows.values())
+        for tenant, n in batch.tenant_rows.items():
+            weight = 1 if no_rows else n
+            # clipped_ns > 0 implies a positive duration, so the fraction is defined.
+            inside = (
+                Fraction(weight * clipped_ns, batch.end_ns - batch.start_ns) if clipped_ns else 0
+            )
+            key_weights[tenant] = key_weights.get(tenant, Fraction(0)) + inside
+            key_rows[tenant] = key_rows.get(tenant, 0) + (n if ends_here else 0)
+
+    models = sorted(compute_ns)
+    model_parts: dict[tuple[str, str], Measured] | None = None
+    idle: Measured | None = None
+    if measured is not None:
+        attributed = Measured(
+            measured.energy_uj * union_ns // interval_ns,
+            measured.carbon_ug * union_ns // interval_ns,
+            measured.cost_micros * union_ns // interval_ns,
+        )
+        idle = Measured(
+            measured.energy_uj - attributed.energy_uj,
+            measured.carbon_ug - attributed.carbon_ug,
+            measured.cost_micros - attributed.cost_micros,
+        )
+        # A positive attributed amount needs union_ns > 0, hence a model with compute: no split
+        # below ever has a positive total and only zero weights.
+        model_parts = _split_measured(attributed, {key: compute_ns[key] for key in models})
+
+    shares: list[Share] = []
+    for key in models:
+        tenants = sorted(tenant_weights[key])
+        weights = {tenant: tenant_weights[key][tenant] for tenant in tenants}
+        compute_parts = split(compute_ns[key], weights)
+        tenant_parts = (
+            _split_measured(model_parts[key], weights) if model_parts is not None else None
+        )
+        for tenant in tenants:
+            rows = tenant_rows[key][tenant]
+            if not weights[tenant] and not rows:
+                continue  # no rows ending here and no compute weight: nothing to report
+            part = tenant_parts[tenant] if tenant_parts is not None else None
+            shares.append(
+                Share(
+                    model=key[0],
+                    version=key[1],
+                    tenant=tenant,
+                    compute_ns=compute_parts[tenant],
+                    rows=rows,
+                    energy_uj=part.energy_uj if part is not None else None,
+                    carbon_ug=part.carbon_ug if part is not None else None,
+                    cost_micros=part.cost_micros if part is not None else None,
+                )
+            )
+    return Attribution(busy_fraction=union_ns / interval_ns, shares=tuple(shares), idle=idle)

@@ -1,0 +1,424 @@
+"""`wattserve report`: a ledger period's usage, energy, carbon and cost, grouped and totalled, as a
+terminal table, CSV or JSON (the HTML page lives in `report_html`).
+
+Amounts stay integers in micro-units (µJ, µg CO2e, micro-currency) until they are printed, so the
+total row equals the sum of the intervals' measured figures exactly. A measure an interval did not
+record is "no data": it is left out of sums and shown as such, never as zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sqlite3
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from wattserve.metering.ledger import SCHEMA_VERSION, IntervalRow, UsageRow
+
+MEASURES = ("energy_uj", "carbon_ug", "cost_micros")
+_UNIT = {"energy_uj": "energy_j", "carbon_ug": "carbon_g", "cost_micros": "cost"}
+_COUNTS = ("requests", "predictions", "batches", "errors")
+KEY_COLUMNS = {"model": ("model", "version"), "tenant": ("tenant",), "day": ("day",)}
+IDLE_LABEL = "(idle/overhead)"
+TOTAL_LABEL = "(total)"
+_VIEWS = {
+    "usage": f"Usage view: energy spent while no model computed is the {IDLE_LABEL} row.",
+    "allocation": "Allocation view: each interval's idle/overhead energy, carbon and cost is "
+    "spread over its usage rows pro rata to their attributed energy.",
+}
+_ASSUMED = {  # interval setting -> (label, unit, the column that qualifies it)
+    "carbon_intensity_g_per_kwh": ("Grid carbon intensity", "gCO2e/kWh", "carbon_intensity_source"),
+    "energy_price_per_kwh": ("Energy price", "{cur}/kWh", "currency"),
+    "instance_price_per_hour": ("Instance price", "{cur}/h", "currency"),
+    "pue": ("PUE (power usage effectiveness)", "", None),
+}
+_PART = {"cpu": "CPU", "ram": "RAM", "gpu": "GPU"}
+_HOW = {"tdp": "from TDP \N{MULTIPLICATION SIGN} load", "model": "from a power model"}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+class ReportError(Exception):
+    """A report that cannot be made (no ledger, a bad period, mixed currencies): exit status 2."""
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerData:
+    """The intervals that started in [since, until) and their usage rows, as stored."""
+
+    since: datetime | None
+    until: datetime | None
+    intervals: dict[int, IntervalRow]
+    usage: list[tuple[int, UsageRow]]
+
+
+@dataclass(slots=True)
+class Totals:
+    """One row of a report. A measure missing from `amounts` has no data; `metered` counts the
+    predictions behind each amount, the divisor of its per-1,000 figure."""
+
+    requests: int = 0
+    predictions: int = 0
+    batches: int = 0
+    errors: int = 0
+    compute_ns: int = 0
+    amounts: dict[str, int] = field(default_factory=dict)
+    metered: dict[str, int] = field(default_factory=dict)
+
+    def add(self, measure: str, amount: int | None, predictions: int) -> None:
+        if amount is not None:
+            self.amounts[measure] = self.amounts.get(measure, 0) + amount
+            self.metered[measure] = self.metered.get(measure, 0) + predictions
+
+    def count(self, usage: UsageRow) -> None:
+        self.requests += usage.requests
+        self.predictions += usage.rows
+        self.batches += usage.batches
+        self.errors += usage.errors
+        self.compute_ns += usage.compute_ns
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A period grouped by model, tenant or day, in the usage or the allocation view."""
+
+    by: str
+    view: str
+    since: datetime | None
+    until: datetime | None
+    groups: dict[tuple[str, ...], Totals]
+    idle: Totals
+    total: Totals
+    intervals: dict[str, int | float]  # count, with_energy, seconds
+    currency: str | None
+    assumptions: dict[str, Any]
+    notes: list[str]
+
+
+def parse_time(text: str, flag: str) -> datetime:
+    """An ISO 8601 date or datetime; UTC when it names no zone."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ReportError(f"{flag} {text!r} is not an ISO 8601 date or datetime") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+def from_ms(unix_ms: int) -> datetime:
+    return _EPOCH + unix_ms * _MS
+
+
+def load(path: Path, since: datetime | None, until: datetime | None) -> LedgerData:
+    """Read a ledger without writing to it (a running server may own it)."""
+    if not path.is_file():
+        raise ReportError(f"no ledger at {path}")
+    bounds = ((">=", since), ("<", until))
+    where = " AND ".join(f"i.start_unix_ms {op} {(t - _EPOCH) // _MS}" for op, t in bounds if t)
+    where = (where or "1") + " ORDER BY i.start_unix_ms, i.id"
+    interval_columns = ", ".join(f"i.{f.name}" for f in fields(IntervalRow))
+    usage_columns = ", ".join(f"u.{f.name}" for f in fields(UsageRow))
+    try:
+        connection = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            query = connection.execute
+            version = query("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if version is None or int(version[0]) != SCHEMA_VERSION:
+                raise ReportError(f"{path} is not a version {SCHEMA_VERSION} wattserve ledger")
+            found = query(f"SELECT i.id, {interval_columns} FROM intervals i WHERE {where}")
+            intervals = {row[0]: IntervalRow(*row[1:]) for row in found}
+            found = query(
+                f"SELECT u.interval_id, {usage_columns} FROM usage u "
+                f"JOIN intervals i ON i.id = u.interval_id WHERE {where}"
+            )
+            usage = [(row[0], UsageRow(*row[1:])) for row in found]
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as exc:
+        raise ReportError(f"{path} is not a readable wattserve ledger: {exc}") from exc
+    return LedgerData(since, until, intervals, usage)
+
+
+def split(amount: int, weights: Sequence[int]) -> list[int]:
+    """Largest-remainder split of `amount` by non-negative `weights` (Σ weights > 0): exact, and
+    a zero weight never gets a unit."""
+    whole = sum(weights)
+    shares = [amount * w // whole for w in weights]
+    by_remainder = sorted(range(len(weights)), key=lambda i: -(amount * weights[i] % whole))
+    for i in by_remainder[: amount - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
+def _key(by: str, interval: IntervalRow, usage: UsageRow) -> tuple[str, ...]:
+    if by == "model":
+        return (usage.model, usage.version)
+    if by == "tenant":
+        return (usage.tenant,)
+    return (from_ms(interval.start_unix_ms).date().isoformat(),)
+
+
+def build_report(data: LedgerData, by: str, view: str) -> Report:
+    """Group the usage rows; idle stays on its own row (usage) or follows energy (allocation)."""
+    intervals = list(data.intervals.values())
+    currencies = sorted({i.currency for i in intervals if i.currency})
+    if len(currencies) > 1:
+        raise ReportError(f"the period mixes currencies {', '.join(currencies)}; narrow it")
+    rows_of: defaultdict[int, list[UsageRow]] = defaultdict(list)
+    for interval_id, usage in data.usage:
+        rows_of[interval_id].append(usage)
+    groups: defaultdict[tuple[str, ...], Totals] = defaultdict(Totals)
+    idle, total = Totals(), Totals()
+    for interval_id, interval in data.intervals.items():
+        rows = rows_of[interval_id]
+        keys = [_key(by, interval, usage) for usage in rows]
+        for key, usage in zip(keys, rows, strict=True):
+            groups[key].count(usage)
+            total.count(usage)
+            for measure in MEASURES:
+                groups[key].add(measure, getattr(usage, measure), usage.rows)
+        weights = [usage.energy_uj or 0 for usage in rows]
+        for measure in MEASURES:
+            total.add(measure, getattr(interval, measure), sum(u.rows for u in rows))
+            idle_amount = getattr(interval, f"idle_{measure}")
+            if view == "allocation" and idle_amount is not None and sum(weights) > 0:
+                shares = split(idle_amount, weights)
+                for key, weight, share in zip(keys, weights, shares, strict=True):
+                    if weight:
+                        groups[key].add(measure, share, 0)
+            else:
+                idle.add(measure, idle_amount, 0)
+    with_energy = sum(1 for i in intervals if i.energy_uj is not None)
+    notes = [] if intervals else ["No intervals in this period."]
+    if with_energy < len(intervals):
+        notes.append(
+            f"{len(intervals) - with_energy} of {len(intervals)} intervals have no energy data: "
+            "their usage is counted, their energy, carbon and cost are shown as no data, not zero."
+        )
+    for measure in (m for m in MEASURES if m in total.amounts):
+        parts = sum(g.amounts.get(measure, 0) for g in [*groups.values(), idle])
+        if parts != (measured := total.amounts[measure]):
+            notes.append(f"Inconsistent ledger: {measure} of groups and idle {parts} != {measured}")
+    seconds = sum(i.end_unix_ms - i.start_unix_ms for i in intervals) / 1000
+    counts = {"count": len(intervals), "with_energy": with_energy, "seconds": seconds}
+    currency = currencies[0] if currencies else None
+    ordered, assumed = dict(sorted(groups.items())), _assumptions(intervals)
+    return Report(
+        by, view, data.since, data.until, ordered, idle, total, counts, currency, assumed, notes
+    )
+
+
+def _assumptions(intervals: list[IntervalRow]) -> dict[str, Any]:
+    """Each distinct setting the intervals were measured under, with how many intervals used it."""
+    found: dict[str, Any] = {
+        "energy_methods": dict(sorted(Counter(i.energy_method for i in intervals).items()))
+    }
+    for name, (_, _, qualifier) in _ASSUMED.items():
+        seen = Counter((getattr(i, name), qualifier and getattr(i, qualifier)) for i in intervals)
+        detail = () if qualifier is None else (qualifier.removeprefix("carbon_intensity_"),)
+        found[name] = [
+            {"value": value, **{key: extra for key in detail}, "intervals": n}
+            for (value, extra), n in sorted(seen.items(), key=repr)
+        ]
+    return found
+
+
+def describe_energy_method(method: str) -> str:
+    """'cpu=estimated:tdp;gpu=absent' -> 'CPU power estimated from TDP x load; no GPU'."""
+    if method.strip() in ("", "none"):
+        return "no energy measurement"
+    described = []
+    for part in filter(None, (p.strip() for p in method.split(";"))):
+        name, _, how = part.partition("=")
+        kind, _, detail = how.partition(":")
+        label, detail = _PART.get(name, name), _HOW.get(detail, f"({detail})" if detail else "")
+        if kind == "absent":
+            described.append(f"no {label}")
+        elif kind == "measured":
+            described.append(f"{label} energy measured {detail}".strip())
+        else:
+            described.append(f"{label} power {kind or 'unknown'} {detail}".strip())
+    return "; ".join(described)
+
+
+def assumption_lines(report: Report) -> list[str]:
+    """The report's basis in plain sentences, for under the table and on the HTML page."""
+    methods = report.assumptions["energy_methods"]
+    kind = "estimated, not metered" if any("estimated" in m for m in methods) else "measured"
+    if not methods or set(methods) == {"none"}:
+        kind = "not measured"
+    described = [f"{describe_energy_method(m)} [{m}: {n} intervals]" for m, n in methods.items()]
+    lines = [f"Energy is {kind}: {'; '.join(described) or 'no intervals'}."]
+    for name, (label, unit, _) in _ASSUMED.items():
+        for seen in report.assumptions[name]:
+            value, unit = seen["value"], unit.format(cur=report.currency or "")
+            text = "not set" if value is None else f"{value:g} {unit}".strip()
+            source = f" (source: {seen['source'] or 'none'})" if "source" in seen else ""
+            lines.append(f"{label}: {text}{source} in {seen['intervals']} intervals.")
+    return [*lines, _VIEWS[report.view], *report.notes]
+
+
+def _units(amount: int | None) -> Decimal | None:
+    return None if amount is None else Decimal(amount).scaleb(-6)
+
+
+def _ratio(part: int | None, whole: int | None) -> Decimal | None:
+    if part is None or not whole:
+        return None
+    return (Decimal(part) / Decimal(whole)).quantize(Decimal("0.000001"))
+
+
+def labelled(report: Report) -> Iterator[tuple[tuple[str, ...], Totals]]:
+    """The rows in order: groups, idle (usage view, or idle left unallocated), total."""
+    pad = ("",) * (len(KEY_COLUMNS[report.by]) - 1)
+    yield from report.groups.items()
+    if report.view == "usage" or any(report.idle.amounts.values()):
+        yield (IDLE_LABEL, *pad), report.idle
+    yield (TOTAL_LABEL, *pad), report.total
+
+
+def record(totals: Totals, total: Totals) -> dict[str, Any]:
+    """One row in explicit units: decimals exact from the micro-unit integers; None = no data."""
+    row: dict[str, Any] = {name: getattr(totals, name) for name in _COUNTS}
+    row["compute_s"] = Decimal(totals.compute_ns).scaleb(-9)
+    for measure in MEASURES:
+        row[measure] = totals.amounts.get(measure)
+        row[_UNIT[measure]] = _units(row[measure])
+    for measure in MEASURES:
+        per_1k = _ratio(totals.amounts.get(measure), 1000 * totals.metered.get(measure, 0))
+        row[f"{_UNIT[measure]}_per_1k_predictions"] = per_1k
+    row["energy_share"] = _ratio(totals.amounts.get("energy_uj"), total.amounts.get("energy_uj"))
+    return row
+
+
+def to_json(report: Report) -> str:
+    def plain(totals: Totals) -> dict[str, Any]:
+        row = record(totals, report.total)
+        return {k: float(v) if isinstance(v, Decimal) else v for k, v in row.items()}
+
+    names = KEY_COLUMNS[report.by]
+    document = {
+        "since": iso(report.since),
+        "until": iso(report.until),
+        "by": report.by,
+        "view": report.view,
+        "currency": report.currency,
+        "intervals": report.intervals,
+        "assumptions": report.assumptions,
+        "groups": [dict(zip(names, k, strict=True), **plain(t)) for k, t in report.groups.items()],
+        "idle": plain(report.idle),
+        "total": plain(report.total),
+        "notes": report.notes,
+    }
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+def to_csv(report: Report) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    for n, (key, totals) in enumerate(labelled(report)):
+        row = {k: v for k, v in record(totals, report.total).items() if k not in MEASURES}
+        row["currency"] = report.currency or ""
+        if n == 0:
+            writer.writerow([*KEY_COLUMNS[report.by], *row])
+        writer.writerow([*key, *(f"{v:f}" if isinstance(v, Decimal) else v for v in row.values())])
+    return out.getvalue()
+
+
+def number(value: Decimal | int | None) -> str:
+    """About four significant digits, thousands separated, never past micro-units."""
+    if value is None or isinstance(value, int):
+        return "no data" if value is None else f"{value:,}"
+    decimals = 0 if abs(value) >= 1000 or not value else min(6, 3 - value.adjusted())
+    return f"{value:,.{decimals}f}"
+
+
+def table_cells(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Headers (with units) and formatted cells, shared by the terminal table and the HTML page."""
+    energy_j = _units(report.total.amounts.get("energy_uj")) or 0
+    carbon_g = _units(report.total.amounts.get("carbon_ug")) or 0
+    energy_unit, energy_scale = ("kWh", 3_600_000) if energy_j >= 3_600_000 else ("J", 1)
+    if 3600 <= energy_j < 3_600_000:
+        energy_unit, energy_scale = "Wh", 3600
+    carbon_unit, carbon_scale = ("kgCO2e", 1000) if carbon_g >= 10_000 else ("gCO2e", 1)
+    cur = report.currency or "cost"
+    scales = {"energy_j": energy_scale, "carbon_g": carbon_scale, "energy_share": Decimal("0.01")}
+    headers = [*KEY_COLUMNS[report.by], *_COUNTS, "compute s", f"energy {energy_unit}"]
+    headers += [f"carbon {carbon_unit}", f"cost {cur}", "J/1k pred", "gCO2e/1k pred"]
+    headers += [f"{cur}/1k pred", "energy share %"]
+    rows = []
+    for key, totals in labelled(report):
+        row = {k: v for k, v in record(totals, report.total).items() if k not in MEASURES}
+        cells = [v if v is None or k not in scales else v / scales[k] for k, v in row.items()]
+        rows.append([*key, *map(number, cells)])
+    return headers, rows
+
+
+def to_table(report: Report) -> str:
+    headers, rows = table_cells(report)
+    keys = len(KEY_COLUMNS[report.by])
+    widths = [max(len(line[i]) for line in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: list[str]) -> str:
+        pairs = enumerate(zip(cells, widths, strict=True))
+        return "  ".join(c.ljust(w) if i < keys else c.rjust(w) for i, (c, w) in pairs).rstrip()
+
+    period = f"{iso(report.since) or 'start of ledger'} to {iso(report.until) or 'end of ledger'}"
+    n = report.intervals
+    summary = f"{n['count']} intervals ({n['with_energy']} with energy data), {n['seconds']:g} s."
+    body = [f"wattserve report: {period}, by {report.by}, {report.view} view", ""]
+    body += [line(headers), line(["-" * w for w in widths]), *map(line, rows), "", summary]
+    return "\n".join([*body, *assumption_lines(report)]) + "\n"
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `wattserve report`."""
+    add = parser.add_argument
+    add("--ledger", type=Path, required=True, help="the ledger (SQLite file) to read")
+    add("--since", help="start of the period: ISO 8601 date or datetime, UTC if no zone given")
+    add("--until", help="end of the period, exclusive (same format as --since)")
+    add("--by", choices=tuple(KEY_COLUMNS), default="model", help="group rows by (default model)")
+    add("--view", choices=tuple(_VIEWS), default="usage", help="idle on its own row, or spread")
+    add("--format", choices=("table", "csv", "json", "html"), default="table", help="output format")
+    add("--output", type=Path, help="write to this file instead of stdout")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Make the report; exit status 2 for a missing or unreadable ledger or a bad period."""
+    try:
+        since = None if args.since is None else parse_time(args.since, "--since")
+        until = None if args.until is None else parse_time(args.until, "--until")
+        if since is not None and until is not None and since >= until:
+            raise ReportError(f"--since {iso(since)} is not before --until {iso(until)}")
+        data = load(args.ledger, since, until)
+        report = build_report(data, args.by, args.view)
+    except ReportError as exc:
+        sys.stderr.write(f"wattserve report: {exc}\n")
+        return 2
+    if args.format == "html":
+        from wattserve.metering.report_html import render_html
+
+        text = render_html(data, report)
+    else:
+        text = {"table": to_table, "csv": to_csv, "json": to_json}[args.format](report)
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        args.output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        sys.stderr.write(f"wattserve report: cannot write {args.output}: {exc}\n")
+        return 1
+    return 0
