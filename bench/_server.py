@@ -7,10 +7,12 @@ import collections
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,11 +60,16 @@ class ServerProcess:
 
 
 @contextlib.asynccontextmanager
-async def serving(demo_dir: Path, core: int | None) -> AsyncIterator[ServerProcess]:
+async def serving(
+    demo_dir: Path, core: int | None, extra_args: Sequence[str] = ()
+) -> AsyncIterator[ServerProcess]:
     """`wattserve serve` on a free port (under taskset when `core` is given); always stopped with
-    SIGTERM on the way out, and killed if it has not exited STOP_TIMEOUT_S later."""
+    SIGTERM on the way out, and killed if it has not exited STOP_TIMEOUT_S later. Its ledger goes
+    to a temporary folder and its metrics endpoint to a free port, never the user's."""
+    scratch = tempfile.mkdtemp(prefix="wattserve-bench-")
     command = [sys.executable, "-m", "wattserve", "serve", "--port", "0"]
-    command += ["--demo-dir", str(demo_dir)]
+    command += ["--demo-dir", str(demo_dir), "--metrics-port", "0"]
+    command += ["--ledger-path", str(Path(scratch) / "ledger.sqlite"), *extra_args]
     if core is not None:
         command = ["taskset", "-c", str(core), *command]
     process = await asyncio.create_subprocess_exec(
@@ -84,6 +91,7 @@ async def serving(demo_dir: Path, core: int | None) -> AsyncIterator[ServerProce
         await _stop(process)
         if reader is not None:
             await reader  # ends at EOF, now that the server has exited
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 async def _ready_address(stream: asyncio.StreamReader, tail: collections.deque[str]) -> str:

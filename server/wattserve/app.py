@@ -123,10 +123,13 @@ class App:
                 root = await asyncio.to_thread(ensure_demo_repository, settings.demo_dir)
             except ModuleNotFoundError as exc:
                 raise ModelLoadError(str(exc)) from exc
-        meter = self._meter = Meter(meter_config(settings))
-        await meter.start()
+        meter = None
+        if settings.metering_enabled:
+            meter = self._meter = Meter(meter_config(settings))
+            await meter.start()
         registry = ModelRegistry(
-            Repository(root), functools.partial(build_model, observer=meter.recorder)
+            Repository(root),
+            functools.partial(build_model, observer=meter.recorder if meter else None),
         )
         explicit = settings.model_control_mode == "explicit"
         dataplane = DataPlane(
@@ -135,7 +138,7 @@ class App:
             observer=meter,
             response_figures=settings.response_figures,
         )
-        if settings.metrics_enabled:
+        if meter is not None and settings.metrics_enabled:
             server_, _, metrics_port = serve_metrics(
                 settings.metrics_host, settings.metrics_port, MeterCollector(registry.loaded, meter)
             )

@@ -49,6 +49,9 @@ class ServeSettings(BaseSettings):
     """Least severe log messages written to stderr."""
 
     # --- the meter (docs/metering.md) ---
+    metering_enabled: bool = True
+    """Run the meter at all: usage ledger, energy, Prometheus endpoint. Off, the server keeps only
+    Triton's ModelStatistics (for measuring the meter's own cost: bench/meter_overhead.py)."""
     ledger_path: Path = Field(default_factory=default_ledger_path)
     """SQLite usage ledger: per-interval energy, carbon and cost by model, version and tenant."""
     meter_interval_s: Annotated[float, Field(ge=0.2, le=60)] = 1.0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,10 +26,11 @@ class Histogram:
     def __post_init__(self) -> None:
         self.counts = np.zeros(len(self.bounds) + 1, dtype=np.int64)
 
-    def add(self, values: Iterable[float]) -> None:
-        array = np.fromiter(values, dtype=np.float64)
-        if array.size == 0:
+    def add(self, values: Sequence[float], scale: float = 1.0) -> None:
+        """Count `values` times `scale` (e.g. nanoseconds times 1e-9 into seconds)."""
+        if not values:
             return
+        array = np.asarray(values, dtype=np.float64) * scale
         # side="left": a value equal to a bound belongs to that bucket (le = "less or equal").
         self.counts += np.bincount(
             np.searchsorted(self.bounds, array, side="left"), minlength=self.counts.size

@@ -281,23 +281,19 @@ class Meter:
             whole.idle_energy_uj += idle.energy_uj
             whole.idle_carbon_ug += idle.carbon_ug
             whole.idle_cost_micros += idle.cost_micros
-        by_model: dict[ModelKey, list[float]] = defaultdict(list)
-        queue: dict[ModelKey, list[float]] = defaultdict(list)
-        for sample in usage.requests:
-            key = (sample.model, sample.version)
-            by_model[key].append(sample.total_ns / 1e9)
-            if sample.queue_ns is not None:
-                queue[key].append(sample.queue_ns / 1e9)
-            if sample.code != "OK":
-                self.failures[(sample.model, sample.version, sample.code)] += 1
-        for key, values in by_model.items():
-            self.histograms["request"][key].add(values)
-        for key, values in queue.items():
-            self.histograms["queue"][key].add(values)
+        for (model, version, _), entry in usage.totals.items():
+            self.histograms["request"][(model, version)].add(entry.total_ns, scale=1e-9)
+            self.histograms["queue"][(model, version)].add(entry.queue_ns, scale=1e-9)
+            for code, count in entry.failures.items():
+                self.failures[(model, version, code)] += count
+        compute: dict[ModelKey, list[int]] = defaultdict(list)
+        batch_rows: dict[ModelKey, list[int]] = defaultdict(list)
         for batch in usage.batches:
-            key = (batch.model, batch.version)
-            self.histograms["compute"][key].add([(batch.end_ns - batch.start_ns) / 1e9])
-            self.histograms["batch_rows"][key].add([sum(batch.tenant_rows.values())])
+            compute[(batch.model, batch.version)].append(batch.end_ns - batch.start_ns)
+            batch_rows[(batch.model, batch.version)].append(sum(batch.tenant_rows.values()))
+        for key, durations in compute.items():
+            self.histograms["compute"][key].add(durations, scale=1e-9)
+            self.histograms["batch_rows"][key].add(batch_rows[key])
 
     def response_parameters(self, model: str, version: str, rows: int) -> dict[str, Parameter]:
         """Figures for one response, under the wattserve_ prefix (docs/metering.md)."""
