@@ -22,13 +22,13 @@ from wattserve.metering.report import (
     Report,
     add_report_arguments,
     build_report,
-    describe_energy_method,
     load,
     parse_time,
     record,
     run_report,
     split,
 )
+from wattserve.metering.report_text import describe_energy_method
 
 T0 = 1_714_521_600_000  # 2024-05-01T00:00:00Z
 DAY_MS = 86_400_000

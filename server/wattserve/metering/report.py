@@ -1,5 +1,5 @@
-"""`wattserve report`: a ledger period's usage, energy, carbon and cost, grouped and totalled, as a
-terminal table, CSV or JSON (the HTML page lives in `report_html`).
+"""`wattserve report`: a ledger period's usage, energy, carbon and cost, grouped and totalled, as
+CSV or JSON (the terminal table lives in `report_text`, the HTML page in `report_html`).
 
 Amounts stay integers in micro-units (µJ, µg CO2e, micro-currency) until they are printed, so the
 total row equals the sum of the intervals' measured figures exactly. A measure an interval did not
@@ -22,27 +22,26 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from wattserve.metering import attribution
 from wattserve.metering.ledger import SCHEMA_VERSION, IntervalRow, UsageRow
 
 MEASURES = ("energy_uj", "carbon_ug", "cost_micros")
 _UNIT = {"energy_uj": "energy_j", "carbon_ug": "carbon_g", "cost_micros": "cost"}
-_COUNTS = ("requests", "predictions", "batches", "errors")
+COUNTS = ("requests", "predictions", "batches", "errors")
 KEY_COLUMNS = {"model": ("model", "version"), "tenant": ("tenant",), "day": ("day",)}
 IDLE_LABEL = "(idle/overhead)"
 TOTAL_LABEL = "(total)"
-_VIEWS = {
+VIEWS = {
     "usage": f"Usage view: energy spent while no model computed is the {IDLE_LABEL} row.",
     "allocation": "Allocation view: each interval's idle/overhead energy, carbon and cost is "
     "spread over its usage rows pro rata to their attributed energy.",
 }
-_ASSUMED = {  # interval setting -> (label, unit, the column that qualifies it)
+ASSUMED = {  # interval setting -> (label, unit, the column that qualifies it)
     "carbon_intensity_g_per_kwh": ("Grid carbon intensity", "gCO2e/kWh", "carbon_intensity_source"),
     "energy_price_per_kwh": ("Energy price", "{cur}/kWh", "currency"),
     "instance_price_per_hour": ("Instance price", "{cur}/h", "currency"),
     "pue": ("PUE (power usage effectiveness)", "", None),
 }
-_PART = {"cpu": "CPU", "ram": "RAM", "gpu": "GPU"}
-_HOW = {"tdp": "from TDP \N{MULTIPLICATION SIGN} load", "model": "from a power model"}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
@@ -152,14 +151,8 @@ def load(path: Path, since: datetime | None, until: datetime | None) -> LedgerDa
 
 
 def split(amount: int, weights: Sequence[int]) -> list[int]:
-    """Largest-remainder split of `amount` by non-negative `weights` (Σ weights > 0): exact, and
-    a zero weight never gets a unit."""
-    whole = sum(weights)
-    shares = [amount * w // whole for w in weights]
-    by_remainder = sorted(range(len(weights)), key=lambda i: -(amount * weights[i] % whole))
-    for i in by_remainder[: amount - sum(shares)]:
-        shares[i] += 1
-    return shares
+    """Largest-remainder split of `amount` by non-negative `weights` (Σ weights > 0), exact."""
+    return list(attribution.split(amount, dict(enumerate(weights))).values())
 
 
 def _key(by: str, interval: IntervalRow, usage: UsageRow) -> tuple[str, ...]:
@@ -225,7 +218,7 @@ def _assumptions(intervals: list[IntervalRow]) -> dict[str, Any]:
     found: dict[str, Any] = {
         "energy_methods": dict(sorted(Counter(i.energy_method for i in intervals).items()))
     }
-    for name, (_, _, qualifier) in _ASSUMED.items():
+    for name, (_, _, qualifier) in ASSUMED.items():
         seen = Counter((getattr(i, name), qualifier and getattr(i, qualifier)) for i in intervals)
         detail = () if qualifier is None else (qualifier.removeprefix("carbon_intensity_"),)
         found[name] = [
@@ -235,42 +228,7 @@ def _assumptions(intervals: list[IntervalRow]) -> dict[str, Any]:
     return found
 
 
-def describe_energy_method(method: str) -> str:
-    """'cpu=estimated:tdp;gpu=absent' -> 'CPU power estimated from TDP x load; no GPU'."""
-    if method.strip() in ("", "none"):
-        return "no energy measurement"
-    described = []
-    for part in filter(None, (p.strip() for p in method.split(";"))):
-        name, _, how = part.partition("=")
-        kind, _, detail = how.partition(":")
-        label, detail = _PART.get(name, name), _HOW.get(detail, f"({detail})" if detail else "")
-        if kind == "absent":
-            described.append(f"no {label}")
-        elif kind == "measured":
-            described.append(f"{label} energy measured {detail}".strip())
-        else:
-            described.append(f"{label} power {kind or 'unknown'} {detail}".strip())
-    return "; ".join(described)
-
-
-def assumption_lines(report: Report) -> list[str]:
-    """The report's basis in plain sentences, for under the table and on the HTML page."""
-    methods = report.assumptions["energy_methods"]
-    kind = "estimated, not metered" if any("estimated" in m for m in methods) else "measured"
-    if not methods or set(methods) == {"none"}:
-        kind = "not measured"
-    described = [f"{describe_energy_method(m)} [{m}: {n} intervals]" for m, n in methods.items()]
-    lines = [f"Energy is {kind}: {'; '.join(described) or 'no intervals'}."]
-    for name, (label, unit, _) in _ASSUMED.items():
-        for seen in report.assumptions[name]:
-            value, unit = seen["value"], unit.format(cur=report.currency or "")
-            text = "not set" if value is None else f"{value:g} {unit}".strip()
-            source = f" (source: {seen['source'] or 'none'})" if "source" in seen else ""
-            lines.append(f"{label}: {text}{source} in {seen['intervals']} intervals.")
-    return [*lines, _VIEWS[report.view], *report.notes]
-
-
-def _units(amount: int | None) -> Decimal | None:
+def in_units(amount: int | None) -> Decimal | None:
     return None if amount is None else Decimal(amount).scaleb(-6)
 
 
@@ -291,11 +249,11 @@ def labelled(report: Report) -> Iterator[tuple[tuple[str, ...], Totals]]:
 
 def record(totals: Totals, total: Totals) -> dict[str, Any]:
     """One row in explicit units: decimals exact from the micro-unit integers; None = no data."""
-    row: dict[str, Any] = {name: getattr(totals, name) for name in _COUNTS}
+    row: dict[str, Any] = {name: getattr(totals, name) for name in COUNTS}
     row["compute_s"] = Decimal(totals.compute_ns).scaleb(-9)
     for measure in MEASURES:
         row[measure] = totals.amounts.get(measure)
-        row[_UNIT[measure]] = _units(row[measure])
+        row[_UNIT[measure]] = in_units(row[measure])
     for measure in MEASURES:
         per_1k = _ratio(totals.amounts.get(measure), 1000 * totals.metered.get(measure, 0))
         row[f"{_UNIT[measure]}_per_1k_predictions"] = per_1k
@@ -337,52 +295,6 @@ def to_csv(report: Report) -> str:
     return out.getvalue()
 
 
-def number(value: Decimal | int | None) -> str:
-    """About four significant digits, thousands separated, never past micro-units."""
-    if value is None or isinstance(value, int):
-        return "no data" if value is None else f"{value:,}"
-    decimals = 0 if abs(value) >= 1000 or not value else min(6, 3 - value.adjusted())
-    return f"{value:,.{decimals}f}"
-
-
-def table_cells(report: Report) -> tuple[list[str], list[list[str]]]:
-    """Headers (with units) and formatted cells, shared by the terminal table and the HTML page."""
-    energy_j = _units(report.total.amounts.get("energy_uj")) or 0
-    carbon_g = _units(report.total.amounts.get("carbon_ug")) or 0
-    energy_unit, energy_scale = ("kWh", 3_600_000) if energy_j >= 3_600_000 else ("J", 1)
-    if 3600 <= energy_j < 3_600_000:
-        energy_unit, energy_scale = "Wh", 3600
-    carbon_unit, carbon_scale = ("kgCO2e", 1000) if carbon_g >= 10_000 else ("gCO2e", 1)
-    cur = report.currency or "cost"
-    scales = {"energy_j": energy_scale, "carbon_g": carbon_scale, "energy_share": Decimal("0.01")}
-    headers = [*KEY_COLUMNS[report.by], *_COUNTS, "compute s", f"energy {energy_unit}"]
-    headers += [f"carbon {carbon_unit}", f"cost {cur}", "J/1k pred", "gCO2e/1k pred"]
-    headers += [f"{cur}/1k pred", "energy share %"]
-    rows = []
-    for key, totals in labelled(report):
-        row = {k: v for k, v in record(totals, report.total).items() if k not in MEASURES}
-        cells = [v if v is None or k not in scales else v / scales[k] for k, v in row.items()]
-        rows.append([*key, *map(number, cells)])
-    return headers, rows
-
-
-def to_table(report: Report) -> str:
-    headers, rows = table_cells(report)
-    keys = len(KEY_COLUMNS[report.by])
-    widths = [max(len(line[i]) for line in [headers, *rows]) for i in range(len(headers))]
-
-    def line(cells: list[str]) -> str:
-        pairs = enumerate(zip(cells, widths, strict=True))
-        return "  ".join(c.ljust(w) if i < keys else c.rjust(w) for i, (c, w) in pairs).rstrip()
-
-    period = f"{iso(report.since) or 'start of ledger'} to {iso(report.until) or 'end of ledger'}"
-    n = report.intervals
-    summary = f"{n['count']} intervals ({n['with_energy']} with energy data), {n['seconds']:g} s."
-    body = [f"wattserve report: {period}, by {report.by}, {report.view} view", ""]
-    body += [line(headers), line(["-" * w for w in widths]), *map(line, rows), "", summary]
-    return "\n".join([*body, *assumption_lines(report)]) + "\n"
-
-
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `wattserve report`."""
     add = parser.add_argument
@@ -390,7 +302,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     add("--since", help="start of the period: ISO 8601 date or datetime, UTC if no zone given")
     add("--until", help="end of the period, exclusive (same format as --since)")
     add("--by", choices=tuple(KEY_COLUMNS), default="model", help="group rows by (default model)")
-    add("--view", choices=tuple(_VIEWS), default="usage", help="idle on its own row, or spread")
+    add("--view", choices=tuple(VIEWS), default="usage", help="idle on its own row, or spread")
     add("--format", choices=("table", "csv", "json", "html"), default="table", help="output format")
     add("--output", type=Path, help="write to this file instead of stdout")
 
@@ -412,6 +324,8 @@ def run_report(args: argparse.Namespace) -> int:
 
         text = render_html(data, report)
     else:
+        from wattserve.metering.report_text import to_table
+
         text = {"table": to_table, "csv": to_csv, "json": to_json}[args.format](report)
     if args.output is None:
         sys.stdout.write(text)

@@ -16,14 +16,12 @@ from wattserve.metering.report import (
     KEY_COLUMNS,
     LedgerData,
     Report,
-    assumption_lines,
     build_report,
     from_ms,
     iso,
-    number,
     record,
-    table_cells,
 )
+from wattserve.metering.report_text import assumption_lines, number, table_cells
 
 _WIDTH = 640
 _DAY_MS = 86_400_000
