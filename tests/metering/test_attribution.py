@@ -160,13 +160,13 @@ def test_without_energy_data_amounts_are_none_but_compute_and_rows_are_counted()
     assert result.busy_fraction == 0.5
     assert result.shares == (
         Share(
-            "m", "1", "a", compute_ns=10, rows=1, energy_uj=None, carbon_ug=None, cost_micros=None
+            "m", "1", "a", compute_ns=10, rows=1, energy_uj=None, carbon_ug=None, cost_nanos=None
         ),
         Share(
-            "m", "1", "b", compute_ns=30, rows=3, energy_uj=None, carbon_ug=None, cost_micros=None
+            "m", "1", "b", compute_ns=30, rows=3, energy_uj=None, carbon_ug=None, cost_nanos=None
         ),
         Share(
-            "n", "1", "b", compute_ns=10, rows=2, energy_uj=None, carbon_ug=None, cost_micros=None
+            "n", "1", "b", compute_ns=10, rows=2, energy_uj=None, carbon_ug=None, cost_nanos=None
         ),
     )
 
@@ -182,7 +182,7 @@ def test_models_share_a_busy_interval_by_compute_time(total: int) -> None:
     assert (big.compute_ns, small.compute_ns) == (900, 300)
     assert (big.energy_uj, small.energy_uj) == (total * 3 // 4, total // 4)
     assert (big.carbon_ug, small.carbon_ug) == (total * 6 // 4, total * 2 // 4)
-    assert (big.cost_micros, small.cost_micros) == (total * 9 // 4, total * 3 // 4)
+    assert (big.cost_nanos, small.cost_nanos) == (total * 9 // 4, total * 3 // 4)
 
 
 def test_a_models_part_is_split_among_tenants_by_rows() -> None:
@@ -192,7 +192,7 @@ def test_a_models_part_is_split_among_tenants_by_rows() -> None:
     shares = by_key(result)
     assert (shares["m", "1", "a"].energy_uj, shares["m", "1", "b"].energy_uj) == (100, 900)
     assert (shares["m", "1", "a"].carbon_ug, shares["m", "1", "b"].carbon_ug) == (10, 90)
-    assert (shares["m", "1", "a"].cost_micros, shares["m", "1", "b"].cost_micros) == (1, 9)
+    assert (shares["m", "1", "a"].cost_nanos, shares["m", "1", "b"].cost_nanos) == (1, 9)
     assert (shares["m", "1", "a"].compute_ns, shares["m", "1", "b"].compute_ns) == (10, 90)
 
 
@@ -233,7 +233,7 @@ def test_overlapping_instances_count_once_for_busy_but_in_full_for_compute() -> 
 
 def test_rounding_gives_a_lone_micro_unit_to_exactly_one_tenant_the_first_by_name() -> None:
     result = attribute([batch(0, 99, c=1, a=1, b=1)], 0, 99, Measured(1, 1, 1))
-    assert [(s.tenant, s.energy_uj, s.carbon_ug, s.cost_micros) for s in result.shares] == [
+    assert [(s.tenant, s.energy_uj, s.carbon_ug, s.cost_nanos) for s in result.shares] == [
         ("a", 1, 1, 1),
         ("b", 0, 0, 0),
         ("c", 0, 0, 0),
@@ -311,7 +311,7 @@ def test_every_micro_unit_is_attributed_or_idle_exactly() -> None:
         measured = random_measured(rng)
         result = attribute(batches, start_ns, end_ns, measured)
         assert result.idle is not None
-        for field in ("energy_uj", "carbon_ug", "cost_micros"):
+        for field in ("energy_uj", "carbon_ug", "cost_nanos"):
             shared = sum(getattr(s, field) for s in result.shares)
             assert shared + getattr(result.idle, field) == getattr(measured, field)
             assert shared == getattr(measured, field) * busy_ns(batches, start_ns, end_ns) // (

@@ -5,6 +5,8 @@ codecarbon; figures survive a restart; a SIGKILL loses at most the last interval
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.grpc.test_tritonclient import triton_input
@@ -60,10 +63,10 @@ def ledger_usage(path: str) -> dict[tuple[str, str], dict[str, int]]:
     with sqlite3.connect(path) as db:
         rows = db.execute(
             "SELECT model, tenant, sum(rows), sum(requests), sum(energy_uj), sum(carbon_ug), "
-            "sum(cost_micros) FROM usage GROUP BY model, tenant"
+            "sum(cost_nanos) FROM usage GROUP BY model, tenant"
         ).fetchall()
     return {
-        (m, t): {"rows": r, "requests": q, "energy_uj": e, "carbon_ug": c, "cost_micros": k}
+        (m, t): {"rows": r, "requests": q, "energy_uj": e, "carbon_ug": c, "cost_nanos": k}
         for m, t, r, q, e, c, k in rows
     }
 
@@ -140,6 +143,8 @@ def test_ledger_counts_every_prediction_by_model_and_tenant(metered_run: dict[st
     assert metered_run["returncode"] == 0
     assert {key: u["rows"] for key, u in usage.items()} == dict(metered_run["sent"])
     assert all(u["energy_uj"] > 0 for u in usage.values())
+    # A second of a small server costs far below a micro-dollar: kept, not rounded away.
+    assert all(u["cost_nanos"] > 0 for u in usage.values())
 
 
 def test_attributed_plus_idle_equals_measured_for_every_interval(
@@ -148,8 +153,8 @@ def test_attributed_plus_idle_equals_measured_for_every_interval(
     with sqlite3.connect(metered_run["ledger"]) as db:
         rows = db.execute(
             """SELECT i.id, i.energy_uj, i.idle_energy_uj, i.carbon_ug, i.idle_carbon_ug,
-                      i.cost_micros, i.idle_cost_micros, coalesce(sum(u.energy_uj), 0),
-                      coalesce(sum(u.carbon_ug), 0), coalesce(sum(u.cost_micros), 0)
+                      i.cost_nanos, i.idle_cost_nanos, coalesce(sum(u.energy_uj), 0),
+                      coalesce(sum(u.carbon_ug), 0), coalesce(sum(u.cost_nanos), 0)
                FROM intervals i LEFT JOIN usage u ON u.interval_id = i.id GROUP BY i.id"""
         ).fetchall()
         methods = {m for (m,) in db.execute("SELECT DISTINCT energy_method FROM intervals")}
@@ -240,3 +245,36 @@ def test_sigkill_loses_at_most_the_last_interval(demo_repository: Path, tmp_path
         server.process.send_signal(signal.SIGKILL)
         server.process.wait(timeout=10)
     assert ledger_usage(ledger)[("text_classifier", "globex")]["rows"] == 7
+
+
+CHART_COLOURS = {  # the fills report_html gives each chart
+    "cost over time": (0x2F, 0x6D, 0xB5),
+    "carbon over time": (0x3D, 0x8B, 0x5A),
+    "energy per 1,000 predictions": (0xC0, 0x7A, 0x1C),
+    "share by tenant": (0x7A, 0x4F, 0xB0),
+    "utilisation": (0x5A, 0x6B, 0x80),
+}
+
+
+def test_html_report_draws_its_charts_in_headless_chromium(
+    metered_run: dict[str, Any], tmp_path: Path
+) -> None:
+    if shutil.which("chromium") is None:
+        if os.environ.get("CI"):
+            raise AssertionError("CI must have Chromium: .ci/run installs it")
+        pytest.skip("Chromium is not installed (apt-get install chromium); CI installs it")
+    png = tmp_path / "report.png"
+    script = Path(__file__).parents[2] / "docs" / "report-screenshot.sh"
+    shot = subprocess.run(
+        ["bash", str(script), metered_run["ledger"], str(png), "--by", "tenant"],
+        env={**os.environ, "PYTHON": sys.executable},
+        timeout=180,
+        capture_output=True,
+        text=True,
+    )
+    assert shot.returncode == 0, shot.stderr
+    with Image.open(png) as image:
+        rgb = np.asarray(image.convert("RGB"))
+    for chart, colour in CHART_COLOURS.items():
+        drawn = int((rgb == colour).all(axis=2).sum())
+        assert drawn > 200, f"the {chart} chart drew {drawn} pixels"

@@ -46,7 +46,7 @@ def write(
     currency: str = "EUR",
     source: str = "fixed:test-grid",
 ) -> None:
-    """One 1 s interval; carbon is 2 µg and cost 3 micro-EUR per µJ, so every split is exact."""
+    """One 1 s interval; carbon is 2 µg and cost 3 nano-EUR per µJ, so every split is exact."""
     idle = None if energy_uj is None else energy_uj - sum(u[4] or 0 for u in usage)
 
     def carbon_of(uj: int | None) -> int | None:
@@ -73,8 +73,8 @@ def write(
         energy_price_per_kwh=0.25,
         instance_price_per_hour=1.5,
         currency=currency,
-        cost_micros=cost_of(energy_uj),
-        idle_cost_micros=cost_of(idle),
+        cost_nanos=cost_of(energy_uj),
+        idle_cost_nanos=cost_of(idle),
         pue=1.0,
         codecarbon_emissions_ug=None,
     )
@@ -172,13 +172,13 @@ def test_by_tenant_and_by_day(ledger_path: Path) -> None:
 def test_allocation_spreads_idle_exactly_over_usage(ledger_path: Path, by: str) -> None:
     usage, allocation = report_of(ledger_path, by), report_of(ledger_path, by, "allocation")
     assert usage.total.amounts == allocation.total.amounts
-    # Only the interval without any usage keeps its idle (500,000 µJ, 2 µg and 3 micro-EUR per µJ).
+    # Only the interval without any usage keeps its idle (500,000 µJ, 2 µg and 3 nano-EUR per µJ).
     assert allocation.idle.amounts == {
         "energy_uj": 500_000,
         "carbon_ug": 1_000_000,
-        "cost_micros": 1_500_000,
+        "cost_nanos": 1_500_000,
     }
-    for measure in ("energy_uj", "carbon_ug", "cost_micros"):
+    for measure in ("energy_uj", "carbon_ug", "cost_nanos"):
         spread = sum(t.amounts.get(measure, 0) for t in allocation.groups.values())
         assert spread + allocation.idle.amounts[measure] == sql_sum(ledger_path, measure)
         assert spread > sum(t.amounts.get(measure, 0) for t in usage.groups.values())
@@ -233,17 +233,17 @@ def test_csv_and_json_totals_equal_the_ledger_summed_in_sql(
     document = json.loads(out_json.read_text())
     total = rows[-1]
     assert total[by] == TOTAL_LABEL and total["currency"] == document["currency"] == "EUR"
-    for measure, column in (
-        ("energy_uj", "energy_j"),
-        ("carbon_ug", "carbon_g"),
-        ("cost_micros", "cost"),
+    for measure, column, scale in (
+        ("energy_uj", "energy_j", 10**6),
+        ("carbon_ug", "carbon_g", 10**6),
+        ("cost_nanos", "cost", 10**9),
     ):
         measured = sql_sum(ledger_path, measure)
-        assert Decimal(total[column]) * 10**6 == measured
+        assert Decimal(total[column]) * scale == measured
         assert sum(Decimal(r[column] or 0) for r in rows[:-1]) == Decimal(total[column])
         parts = [g[measure] or 0 for g in document["groups"]] + [document["idle"][measure] or 0]
         assert sum(parts) == document["total"][measure] == measured
-        assert document["total"][column] == pytest.approx(measured / 1e6)
+        assert document["total"][column] == pytest.approx(measured / scale)
     assert (
         int(total["predictions"])
         == document["total"]["predictions"]

@@ -60,14 +60,14 @@ class Batch:
 
 @dataclass(frozen=True, slots=True)
 class Measured:
-    """What an interval (or a part of it) cost, in integer micro-units."""
+    """What an interval (or a part of it) cost: integer µJ, µg CO2e and nano-currency units."""
 
     energy_uj: int
     carbon_ug: int
-    cost_micros: int
+    cost_nanos: int
 
     def __post_init__(self) -> None:
-        if min(self.energy_uj, self.carbon_ug, self.cost_micros) < 0:
+        if min(self.energy_uj, self.carbon_ug, self.cost_nanos) < 0:
             raise ValueError(f"measured amounts must be non-negative, got {self}")
 
 
@@ -84,7 +84,7 @@ class Share:
     """Rows of this key's batches that ended in the interval."""
     energy_uj: int | None
     carbon_ug: int | None
-    cost_micros: int | None
+    cost_nanos: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +153,7 @@ def _split_measured(amounts: Measured, weights: Mapping[K, Weight]) -> dict[K, M
     # a rounded energy part), so each of the three sums exactly.
     energy = split(amounts.energy_uj, weights)
     carbon = split(amounts.carbon_ug, weights)
-    cost = split(amounts.cost_micros, weights)
+    cost = split(amounts.cost_nanos, weights)
     return {key: Measured(energy[key], carbon[key], cost[key]) for key in weights}
 
 
@@ -201,12 +201,12 @@ def attribute(
         attributed = Measured(
             measured.energy_uj * union_ns // interval_ns,
             measured.carbon_ug * union_ns // interval_ns,
-            measured.cost_micros * union_ns // interval_ns,
+            measured.cost_nanos * union_ns // interval_ns,
         )
         idle = Measured(
             measured.energy_uj - attributed.energy_uj,
             measured.carbon_ug - attributed.carbon_ug,
-            measured.cost_micros - attributed.cost_micros,
+            measured.cost_nanos - attributed.cost_nanos,
         )
         # A positive attributed amount needs union_ns > 0, hence a model with compute: no split
         # below ever has a positive total and only zero weights.
@@ -234,7 +234,7 @@ def attribute(
                     rows=rows,
                     energy_uj=part.energy_uj if part is not None else None,
                     carbon_ug=part.carbon_ug if part is not None else None,
-                    cost_micros=part.cost_micros if part is not None else None,
+                    cost_nanos=part.cost_nanos if part is not None else None,
                 )
             )
     return Attribution(busy_fraction=union_ns / interval_ns, shares=tuple(shares), idle=idle)

@@ -1,7 +1,8 @@
 """The usage ledger: an SQLite file (WAL) of closed intervals and their attributed usage rows.
 
 Schema and units are documented in docs/metering.md: energy in µJ, carbon in µg CO2e, money in
-micro-units of the configured currency, all integers so that totals add up exactly.
+nano-units of the configured currency (a second of a small server costs well under a millionth
+of a dollar), all integers so that totals add up exactly.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ CREATE TABLE IF NOT EXISTS intervals (
   energy_price_per_kwh REAL,
   instance_price_per_hour REAL,
   currency TEXT,
-  cost_micros INTEGER,
-  idle_cost_micros INTEGER,
+  cost_nanos INTEGER,
+  idle_cost_nanos INTEGER,
   pue REAL,
   codecarbon_emissions_ug INTEGER
 );
@@ -50,7 +51,7 @@ CREATE TABLE IF NOT EXISTS usage (
   compute_ns INTEGER NOT NULL,
   energy_uj INTEGER,
   carbon_ug INTEGER,
-  cost_micros INTEGER,
+  cost_nanos INTEGER,
   PRIMARY KEY (interval_id, model, version, tenant)
 );
 CREATE INDEX IF NOT EXISTS intervals_by_start ON intervals (start_unix_ms);
@@ -77,8 +78,8 @@ class IntervalRow:
     energy_price_per_kwh: float | None
     instance_price_per_hour: float | None
     currency: str | None
-    cost_micros: int | None
-    idle_cost_micros: int | None
+    cost_nanos: int | None
+    idle_cost_nanos: int | None
     pue: float | None
     codecarbon_emissions_ug: int | None
 
@@ -97,7 +98,7 @@ class UsageRow:
     compute_ns: int
     energy_uj: int | None
     carbon_ug: int | None
-    cost_micros: int | None
+    cost_nanos: int | None
 
 
 def connect(path: Path) -> sqlite3.Connection:

@@ -52,14 +52,14 @@ class Totals:
     errors: int = 0
     energy_uj: int | None = None
     carbon_ug: int | None = None
-    cost_micros: int | None = None
+    cost_nanos: int | None = None
 
-    def add(self, energy_uj: int | None, carbon_ug: int | None, cost_micros: int | None) -> None:
+    def add(self, energy_uj: int | None, carbon_ug: int | None, cost_nanos: int | None) -> None:
         if energy_uj is None:
             return
         self.energy_uj = (self.energy_uj or 0) + energy_uj
         self.carbon_ug = (self.carbon_ug or 0) + (carbon_ug or 0)
-        self.cost_micros = (self.cost_micros or 0) + (cost_micros or 0)
+        self.cost_nanos = (self.cost_nanos or 0) + (cost_nanos or 0)
 
 
 @dataclass(slots=True)
@@ -68,8 +68,8 @@ class Whole:
     idle_energy_uj: int = 0
     carbon_ug: int = 0
     idle_carbon_ug: int = 0
-    cost_micros: int = 0
-    idle_cost_micros: int = 0
+    cost_nanos: int = 0
+    idle_cost_nanos: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +198,7 @@ class Meter:
                     compute_ns=share.compute_ns if share else 0,
                     energy_uj=share.energy_uj if share else (0 if measured else None),
                     carbon_ug=share.carbon_ug if share else (0 if measured else None),
-                    cost_micros=share.cost_micros if share else (0 if measured else None),
+                    cost_nanos=share.cost_nanos if share else (0 if measured else None),
                 )
             )
         idle = result.idle
@@ -219,8 +219,8 @@ class Meter:
             energy_price_per_kwh=self.prices.energy_per_kwh,
             instance_price_per_hour=self.prices.instance_per_hour,
             currency=self.prices.currency,
-            cost_micros=measured.cost_micros if measured else None,
-            idle_cost_micros=idle.cost_micros if idle else None,
+            cost_nanos=measured.cost_nanos if measured else None,
+            idle_cost_nanos=idle.cost_nanos if idle else None,
             pue=self.config.energy.pue if self.config.energy else None,
             codecarbon_emissions_ug=reading.codecarbon_emissions_ug if reading else None,
         )
@@ -239,7 +239,7 @@ class Meter:
         return Measured(
             energy_uj=reading.energy_uj,
             carbon_ug=round(kwh * self.intensity.g_per_kwh * 1e6),
-            cost_micros=round(cost * 1e6),
+            cost_nanos=round(cost * 1e9),
         )
 
     def _write(self, interval: ledger.IntervalRow, rows: list[ledger.UsageRow]) -> None:
@@ -263,13 +263,13 @@ class Meter:
             totals.requests += row.requests
             totals.rows += row.rows
             totals.errors += row.errors
-            totals.add(row.energy_uj, row.carbon_ug, row.cost_micros)
+            totals.add(row.energy_uj, row.carbon_ug, row.cost_nanos)
             if row.energy_uj is not None:
                 acc = per_model[(row.model, row.version)]
                 acc[0] += row.rows
                 acc[1] += row.energy_uj
                 acc[2] += row.carbon_ug or 0
-                acc[3] += row.cost_micros or 0
+                acc[3] += row.cost_nanos or 0
         for key, (model_rows, energy, carbon, cost) in per_model.items():
             if model_rows:
                 self._rates[key] = (energy / model_rows, carbon / model_rows, cost / model_rows)
@@ -277,10 +277,10 @@ class Meter:
             whole = self.whole
             whole.energy_uj = (whole.energy_uj or 0) + measured.energy_uj
             whole.carbon_ug += measured.carbon_ug
-            whole.cost_micros += measured.cost_micros
+            whole.cost_nanos += measured.cost_nanos
             whole.idle_energy_uj += idle.energy_uj
             whole.idle_carbon_ug += idle.carbon_ug
-            whole.idle_cost_micros += idle.cost_micros
+            whole.idle_cost_nanos += idle.cost_nanos
         for (model, version, _), entry in usage.totals.items():
             self.histograms["request"][(model, version)].add(entry.total_ns, scale=1e-9)
             self.histograms["queue"][(model, version)].add(entry.queue_ns, scale=1e-9)
@@ -317,7 +317,7 @@ class Meter:
         return Estimate(
             energy_j=energy * rows / 1e6,
             carbon_g=carbon * rows / 1e6,
-            cost=cost * rows / 1e6,
+            cost=cost * rows / 1e9,
             currency=self.prices.currency,
         )
 

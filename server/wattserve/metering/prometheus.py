@@ -132,7 +132,7 @@ class MeterCollector(Collector):
             if totals.energy_uj is not None:
                 energy.add_metric(labels, totals.energy_uj / 1e6)
                 carbon.add_metric(labels, (totals.carbon_ug or 0) / 1e6)
-                cost.add_metric([*labels, currency], (totals.cost_micros or 0) / 1e6)
+                cost.add_metric([*labels, currency], (totals.cost_nanos or 0) / 1e9)
         yield from (predictions, energy, carbon, cost)
         whole = meter.whole
         if whole.energy_uj is not None:

@@ -1,7 +1,7 @@
 """`wattserve report`: a ledger period's usage, energy, carbon and cost, grouped and totalled, as
 CSV or JSON (the terminal table lives in `report_text`, the HTML page in `report_html`).
 
-Amounts stay integers in micro-units (µJ, µg CO2e, micro-currency) until they are printed, so the
+Amounts stay integers (µJ, µg CO2e, nano-currency) until they are printed, so the
 total row equals the sum of the intervals' measured figures exactly. A measure an interval did not
 record is "no data": it is left out of sums and shown as such, never as zero.
 """
@@ -25,8 +25,10 @@ from typing import Any
 from wattserve.metering import attribution
 from wattserve.metering.ledger import SCHEMA_VERSION, IntervalRow, UsageRow
 
-MEASURES = ("energy_uj", "carbon_ug", "cost_micros")
-_UNIT = {"energy_uj": "energy_j", "carbon_ug": "carbon_g", "cost_micros": "cost"}
+MEASURES = ("energy_uj", "carbon_ug", "cost_nanos")
+_UNIT = {"energy_uj": "energy_j", "carbon_ug": "carbon_g", "cost_nanos": "cost"}
+# Powers of ten from each stored integer to its unit: µJ, µg CO2e, nano-currency.
+EXPONENT = {"energy_uj": -6, "carbon_ug": -6, "cost_nanos": -9}
 COUNTS = ("requests", "predictions", "batches", "errors")
 KEY_COLUMNS = {"model": ("model", "version"), "tenant": ("tenant",), "day": ("day",)}
 IDLE_LABEL = "(idle/overhead)"
@@ -228,8 +230,8 @@ def _assumptions(intervals: list[IntervalRow]) -> dict[str, Any]:
     return found
 
 
-def in_units(amount: int | None) -> Decimal | None:
-    return None if amount is None else Decimal(amount).scaleb(-6)
+def in_units(amount: int | None, exponent: int = -6) -> Decimal | None:
+    return None if amount is None else Decimal(amount).scaleb(exponent)
 
 
 def _ratio(part: int | None, whole: int | None) -> Decimal | None:
@@ -253,7 +255,7 @@ def record(totals: Totals, total: Totals) -> dict[str, Any]:
     row["compute_s"] = Decimal(totals.compute_ns).scaleb(-9)
     for measure in MEASURES:
         row[measure] = totals.amounts.get(measure)
-        row[_UNIT[measure]] = in_units(row[measure])
+        row[_UNIT[measure]] = in_units(row[measure], EXPONENT[measure])
     for measure in MEASURES:
         per_1k = _ratio(totals.amounts.get(measure), 1000 * totals.metered.get(measure, 0))
         row[f"{_UNIT[measure]}_per_1k_predictions"] = per_1k

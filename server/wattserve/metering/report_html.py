@@ -106,7 +106,7 @@ def _headline(report: Report) -> str:
             "Carbon",
             _quantity(total.amounts.get("carbon_ug"), [("kg CO2e", 10**9), ("g CO2e", 10**6)]),
         ),
-        ("Cost", _quantity(total.amounts.get("cost_micros"), [(currency, 10**6)])),
+        ("Cost", _quantity(total.amounts.get("cost_nanos"), [(currency, 10**9)])),
         ("Predictions", f"{total.predictions:,}"),
         (
             "Cost per 1,000 predictions",
@@ -132,13 +132,14 @@ def _charts(data: LedgerData, report: Report) -> list[str]:
         record(t, by_model.total)["energy_j_per_1k_predictions"] for t in by_model.groups.values()
     ]
     by_tenant = build_report(data, "tenant", report.view)
-    measure = "cost_micros" if "cost_micros" in by_tenant.total.amounts else "energy_uj"
+    # Share of cost where there is any (a tiny server's cost can round to nothing), else energy.
+    measure = "cost_nanos" if by_tenant.total.amounts.get("cost_nanos") else "energy_uj"
     shares = [(k[0], t) for k, t in by_tenant.groups.items()]
     if by_tenant.idle.amounts.get(measure):
         shares.append((IDLE_LABEL, by_tenant.idle))
     whole = by_tenant.total.amounts.get(measure)
     share_values = [
-        None if whole is None or measure not in t.amounts else 100 * t.amounts[measure] / whole
+        None if not whole or measure not in t.amounts else 100 * t.amounts[measure] / whole
         for _, t in shares
     ]
     return [
@@ -152,7 +153,7 @@ def _charts(data: LedgerData, report: Report) -> list[str]:
             " J",
         ),
         _bars(
-            f"Share of {'cost' if measure == 'cost_micros' else 'energy'} by tenant (%)",
+            f"Share of {'cost' if measure == 'cost_nanos' else 'energy'} by tenant (%)",
             [name for name, _ in shares],
             share_values,
             "share",
@@ -183,8 +184,8 @@ def _timeline(
     busy_ms, length_ms = [0.0] * count, [0] * count
     for interval in intervals:
         k = interval.start_unix_ms // step - first // step
-        if interval.cost_micros is not None:
-            cost[k] = (cost[k] or 0) + interval.cost_micros / 1e6
+        if interval.cost_nanos is not None:
+            cost[k] = (cost[k] or 0) + interval.cost_nanos / 1e9
         if interval.carbon_ug is not None:
             carbon[k] = (carbon[k] or 0) + interval.carbon_ug / 1e6
         length = interval.end_unix_ms - interval.start_unix_ms
