@@ -83,7 +83,7 @@ def run_server(*args: str, env: dict[str, str] | None = None) -> Iterator[Server
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
-                process.wait(timeout=30)
+                process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()

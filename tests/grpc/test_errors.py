@@ -245,6 +245,22 @@ def test_malformed_request_gets_status_and_a_message_naming_the_problem(
     assert len(ok.raw_output_contents[0]) == 512 * 4
 
 
+def test_requests_that_cannot_be_decoded_count_as_failures_of_their_model(stub: Any) -> None:
+    def failures() -> int:
+        stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="identity_fp32"))
+        return stats.model_stats[0].inference_stats.fail.count
+
+    before = failures()
+    bad = pb.ModelInferRequest(
+        model_name="identity_fp32",
+        inputs=[tensor("x", "FP32", [1, 3])],
+        raw_input_contents=[b"\0" * 5],
+    )
+    with pytest.raises(grpc.RpcError):
+        stub.ModelInfer(bad)
+    assert failures() == before + 1
+
+
 def test_typed_contents_are_accepted_for_every_typed_datatype(stub: Any) -> None:
     cases = [
         ("identity_fp32", "FP32", pb.InferTensorContents(fp32_contents=[1.5, -2, 3]), np.float32),

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
@@ -26,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.grpc.test_tritonclient import triton_input
 from tests.support import run_server, wait_for
+from wattserve.protocol import pb, pb_grpc
 
 TENANTS = ("acme", "globex")
 METER_ENV = {"WATTSERVE_METER_INTERVAL_S": "0.5", "WATTSERVE_COUNTRY_ISO_CODE": "FRA"}
@@ -54,6 +56,22 @@ def send(address: str, model: str, tenant: str, rows: int, figures: bool = False
         )
 
 
+def send_undecodable(address: str, model: str, tenant: str) -> None:
+    """A request whose raw content does not match its shape: refused before it is queued."""
+    request = pb.ModelInferRequest(
+        model_name=model,
+        inputs=[
+            pb.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[1, 30])
+        ],
+        raw_input_contents=[b"\0" * 7],
+    )
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ModelInfer(request, metadata=[("x-wattserve-tenant", tenant)])
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def ledger_intervals(path: str) -> int:
     with sqlite3.connect(path) as db:
         return int(db.execute("SELECT count(*) FROM intervals").fetchone()[0])
@@ -62,12 +80,19 @@ def ledger_intervals(path: str) -> int:
 def ledger_usage(path: str) -> dict[tuple[str, str], dict[str, int]]:
     with sqlite3.connect(path) as db:
         rows = db.execute(
-            "SELECT model, tenant, sum(rows), sum(requests), sum(energy_uj), sum(carbon_ug), "
-            "sum(cost_nanos) FROM usage GROUP BY model, tenant"
+            "SELECT model, tenant, sum(rows), sum(requests), sum(errors), sum(energy_uj), "
+            "sum(carbon_ug), sum(cost_nanos) FROM usage GROUP BY model, tenant"
         ).fetchall()
     return {
-        (m, t): {"rows": r, "requests": q, "energy_uj": e, "carbon_ug": c, "cost_nanos": k}
-        for m, t, r, q, e, c, k in rows
+        (m, t): {
+            "rows": r,
+            "requests": q,
+            "errors": x,
+            "energy_uj": e,
+            "carbon_ug": c,
+            "cost_nanos": k,
+        }
+        for m, t, r, q, x, e, c, k in rows
     }
 
 
@@ -122,6 +147,7 @@ def metered_run(
                     energy = result.get_response().parameters.get("wattserve_energy_j")
                     if energy is not None:
                         estimates[(model, tenant)] += energy.double_param
+        send_undecodable(server.address, "tabular_classifier", "acme")
         closed = ledger_intervals(ledger)
         wait_for(lambda: ledger_intervals(ledger) >= closed + 2, timeout_s=10)  # settled
         metrics = scrape(server.metrics_url)
@@ -143,6 +169,9 @@ def test_ledger_counts_every_prediction_by_model_and_tenant(metered_run: dict[st
     assert metered_run["returncode"] == 0
     assert {key: u["rows"] for key, u in usage.items()} == dict(metered_run["sent"])
     assert all(u["energy_uj"] > 0 for u in usage.values())
+    assert {key: u["errors"] for key, u in usage.items() if u["errors"]} == {
+        ("tabular_classifier", "acme"): 1
+    }
     # A second of a small server costs far below a micro-dollar: kept, not rounded away.
     assert all(u["cost_nanos"] > 0 for u in usage.values())
 
@@ -195,6 +224,15 @@ def test_prometheus_agrees_with_the_ledger(metered_run: dict[str, Any]) -> None:
     measured = sum(metrics["wattserve_measured_energy_joules_total"].values())
     assert energy + idle == pytest.approx(measured, rel=1e-6)
     assert metrics["wattserve_request_duration_seconds_count"]
+    failures = metrics["wattserve_request_failures_total"]
+    key = (("code", "INVALID_ARGUMENT"), ("model", "tabular_classifier"), ("version", "1"))
+    assert failures == {key: 1.0}
+    assert (
+        metrics["nv_inference_request_failure_total"][
+            (("model", "tabular_classifier"), ("version", "1"))
+        ]
+        == 1
+    )
     assert "nv_cpu_utilization" in metrics
     assert "nv_gpu_utilization" not in metrics  # no GPU here: absent, not zero
 

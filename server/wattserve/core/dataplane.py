@@ -102,6 +102,17 @@ class DataPlane:
             )
         return response
 
+    def reject(self, name: str, version: str, tenant: str, error: WattserveError) -> None:
+        """Count a request refused before it reached `infer` (it could not be decoded) against
+        its model, so failure counts by status code include it. Unknown models count nowhere."""
+        try:
+            model = self._registry.get(name, version)
+        except WattserveError:
+            return
+        model.statistics.record_request(ok=False, total_ns=0, queue_ns=None)
+        if self._observer is not None:
+            self._observer.request(model.name, str(model.version), tenant, error.status, 0, 0, None)
+
     def statistics(self, name: str = "", version: str = "") -> list[ServedModel]:
         """The models whose statistics were asked for: one version, all of one model, or all."""
         if not name:

@@ -11,10 +11,10 @@ from typing import Any, TypeAlias
 import grpc
 
 from wattserve.core.dataplane import DataPlane
-from wattserve.core.errors import InvalidRequest
+from wattserve.core.errors import InvalidRequest, WattserveError
 from wattserve.grpc import messages
 from wattserve.grpc.status import describe, translate_errors
-from wattserve.grpc.tenants import tenant_of
+from wattserve.grpc.tenants import DEFAULT_TENANT, tenant_of
 from wattserve.protocol import pb, pb_grpc
 
 logger = logging.getLogger(__name__)
@@ -53,8 +53,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @translate_errors
     async def ModelInfer(self, request: Any, context: Context) -> Any:
-        tenant = tenant_of(context.invocation_metadata())
-        decoded = messages.decode_infer_request(request, context.time_remaining(), tenant)
+        tenant = DEFAULT_TENANT
+        try:
+            tenant = tenant_of(context.invocation_metadata())
+            decoded = messages.decode_infer_request(request, context.time_remaining(), tenant)
+        except WattserveError as exc:
+            self._dataplane.reject(request.model_name, request.model_version, tenant, exc)
+            raise
         return messages.encode_infer_response(await self._dataplane.infer(decoded))
 
     async def ModelStreamInfer(
@@ -73,7 +78,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def answer(request: Any) -> None:
             try:
-                decoded = messages.decode_infer_request(request, None, tenant)
+                try:
+                    decoded = messages.decode_infer_request(request, None, tenant)
+                except WattserveError as exc:
+                    self._dataplane.reject(request.model_name, request.model_version, tenant, exc)
+                    raise
                 response = messages.encode_infer_response(await self._dataplane.infer(decoded))
                 await finished.put(pb.ModelStreamInferResponse(infer_response=response))
             except Exception as exc:
