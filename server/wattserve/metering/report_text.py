@@ -57,10 +57,10 @@ def assumption_lines(report: Report) -> list[str]:
 
 
 def number(value: Decimal | int | None) -> str:
-    """About four significant digits, thousands separated, never past micro-units."""
+    """About four significant digits, thousands separated, never past nano-units (cost)."""
     if value is None or isinstance(value, int):
         return "no data" if value is None else f"{value:,}"
-    decimals = 0 if abs(value) >= 1000 or not value else min(6, 3 - value.adjusted())
+    decimals = 0 if abs(value) >= 1000 or not value else min(9, 3 - value.adjusted())
     return f"{value:,.{decimals}f}"
 
 
