@@ -89,6 +89,8 @@ class Meter:
         self.config = config
         self.prices = config.prices
         self.recorder = UsageRecorder(time.perf_counter_ns())
+        # The core's UsageObserver: requests go straight to the recorder.
+        self.request = self.recorder.request
         self._interval_start_ms = time.time_ns() // 1_000_000
         self.intensity = (
             grid_intensity(
@@ -122,20 +124,6 @@ class Meter:
         self._timer: asyncio.Task[None] | None = None
         self._last_write: asyncio.Future[object] | None = None
         self._closes = 0
-
-    # --- the core's UsageObserver, delegated to the recorder ---
-
-    def request(
-        self,
-        model: str,
-        version: str,
-        tenant: str,
-        code: str,
-        rows: int,
-        total_ns: int,
-        queue_ns: int | None,
-    ) -> None:
-        self.recorder.request(model, version, tenant, code, rows, total_ns, queue_ns)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
