@@ -311,3 +311,15 @@ def test_fp16_cannot_be_sent_as_typed_contents(stub: Any) -> None:
         stub.ModelInfer(request)
     assert caught.value.code() == INVALID
     assert "FP16 can only be sent as raw_input_contents" in caught.value.details()
+
+
+@pytest.mark.parametrize("tenant", ["has space", "x" * 65, "acme/eu", ""])
+def test_malformed_tenant_header_is_refused_naming_the_rule(stub: Any, tenant: str) -> None:
+    metadata = [("x-wattserve-tenant", tenant)]
+    with pytest.raises(grpc.RpcError) as unary:
+        stub.ModelInfer(raw_request("dense", dense(rows=1)), metadata=metadata)
+    with pytest.raises(grpc.RpcError) as stream:
+        list(stub.ModelStreamInfer(iter([raw_request("dense", dense(rows=1))]), metadata=metadata))
+    for caught in (unary, stream):
+        assert caught.value.code() == INVALID
+        assert "x-wattserve-tenant must be 1 to 64 characters" in caught.value.details()

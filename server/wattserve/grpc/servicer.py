@@ -51,16 +51,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         model = self._dataplane.model(request.name, request.version)
         return messages.encode_model_metadata(model, self._dataplane.model_versions(request.name))
 
-    @translate_errors
-    async def ModelInfer(self, request: Any, context: Context) -> Any:
-        tenant = DEFAULT_TENANT
+    async def _infer(self, request: Any, time_remaining: float | None, tenant: str) -> Any:
+        """Decode, infer, encode; a request that cannot be decoded still counts against its
+        model's failures."""
         try:
-            tenant = tenant_of(context.invocation_metadata())
-            decoded = messages.decode_infer_request(request, context.time_remaining(), tenant)
+            decoded = messages.decode_infer_request(request, time_remaining, tenant)
         except WattserveError as exc:
             self._dataplane.reject(request.model_name, request.model_version, tenant, exc)
             raise
         return messages.encode_infer_response(await self._dataplane.infer(decoded))
+
+    @translate_errors
+    async def ModelInfer(self, request: Any, context: Context) -> Any:
+        try:
+            tenant = tenant_of(context.invocation_metadata())
+        except WattserveError as exc:
+            self._dataplane.reject(request.model_name, request.model_version, DEFAULT_TENANT, exc)
+            raise
+        return await self._infer(request, context.time_remaining(), tenant)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[Any], context: Context
@@ -73,17 +81,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         running: set[asyncio.Task[None]] = set()
         try:
             tenant = tenant_of(context.invocation_metadata())
-        except InvalidRequest as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except WattserveError as exc:
+            await context.abort(*describe(exc))
 
         async def answer(request: Any) -> None:
             try:
-                try:
-                    decoded = messages.decode_infer_request(request, None, tenant)
-                except WattserveError as exc:
-                    self._dataplane.reject(request.model_name, request.model_version, tenant, exc)
-                    raise
-                response = messages.encode_infer_response(await self._dataplane.infer(decoded))
+                response = await self._infer(request, None, tenant)
                 await finished.put(pb.ModelStreamInferResponse(infer_response=response))
             except Exception as exc:
                 _, message = describe(exc)
