@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 READY_LINE = re.compile(r"wattserve ready: serving \d+ model\(s\) on (?P<address>\S+:\d+)")
 READY_TIMEOUT_S = 120.0
 # Above the server's default 10 s grace period, so a slow drain is not mistaken for a hang.
@@ -31,11 +33,13 @@ def _stat(path: Path) -> tuple[str, float]:
 
 
 def cpu_by_thread_group(pid: int) -> dict[str, float]:
-    """CPU seconds of a Python process: in total, on its main thread (the event loop), on the
-    other threads Python started (they keep the main thread's name: the ONNX Runtime executor),
-    and on threads that named themselves (gRPC core's)."""
+    """CPU seconds of a Python process: in total (with its child processes: the meter's energy
+    process), on its main thread (the event loop), on the other threads Python started (they keep
+    the main thread's name: the ONNX Runtime executor), on threads that named themselves (gRPC
+    core's), and in its child processes."""
     groups = dict.fromkeys(("loop", "python", "native"), 0.0)
-    groups["total"] = _stat(Path(f"/proc/{pid}/stat"))[1]
+    groups["children"] = sum(_process_cpu(child) for child in psutil.Process(pid).children())
+    groups["total"] = _stat(Path(f"/proc/{pid}/stat"))[1] + groups["children"]
     main_name = _stat(Path(f"/proc/{pid}/task/{pid}/stat"))[0]
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -45,6 +49,14 @@ def cpu_by_thread_group(pid: int) -> dict[str, float]:
         group = "loop" if task.name == str(pid) else "python" if name == main_name else "native"
         groups[group] += seconds
     return groups
+
+
+def _process_cpu(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return float(times.user + times.system)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +69,14 @@ class ServerProcess:
         """CPU seconds so far, labelled `server` (total) and `server:<thread group>`."""
         groups = cpu_by_thread_group(self.process.pid)
         return {"server": groups.pop("total")} | {f"server:{k}": v for k, v in groups.items()}
+
+    def signal_tree(self, signum: int) -> None:
+        """Send a signal to the server and its child processes (SIGSTOP/SIGCONT to freeze it)."""
+        with contextlib.suppress(psutil.NoSuchProcess):
+            server = psutil.Process(self.process.pid)
+            for process in [server, *server.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.send_signal(signum)
 
 
 @contextlib.asynccontextmanager

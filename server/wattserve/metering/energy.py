@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import psutil
 from codecarbon.emissions_tracker import OfflineEmissionsTracker
 from codecarbon.output_methods.base_output import BaseOutput
 
@@ -179,9 +180,16 @@ class EnergyMeter:
     """
 
     def __init__(
-        self, settings: EnergySettings, on_reading: Callable[[EnergyReading], None]
+        self,
+        settings: EnergySettings,
+        on_reading: Callable[[EnergyReading], None],
+        *,
+        pid: int | None = None,
     ) -> None:
+        """`pid`: the process charged in "process" tracking mode (with its children); None: this
+        one. Lets a separate measuring process charge the server it measures."""
         self._settings = settings
+        self._pid = pid
         # An unknown country or region is a ValueError now, not a silent world average later.
         self._country = (
             normalise_country(settings.country_iso_code) if settings.country_iso_code else None
@@ -282,6 +290,8 @@ class EnergyMeter:
 
     def _start(self, tracker: Any) -> None:
         tracker.get_detected_hardware()  # the slow part: probes CPU, RAM and GPUs
+        if self._pid is not None:
+            _retarget(tracker._hardware, self._pid)
         self._method, self._handler.has_gpu = _describe(tracker._hardware, self._settings)
         self._handler.method = self._method
         self._guard(tracker._scheduler)
@@ -316,6 +326,20 @@ def _unsuppressed(function: Callable[..., Any]) -> Callable[..., Any]:
     """The function under codecarbon's @suppress(Exception) decorator, so that failures raise."""
     unwrapped: Callable[..., Any] = getattr(function, "__wrapped__", function)
     return unwrapped
+
+
+def _retarget(hardware: list[Any], pid: int) -> None:
+    """Point codecarbon's process-mode CPU and RAM objects at another process.
+
+    codecarbon 3.3.2 fixes the process at construction: CPU keeps `_pid` and `_process`
+    (psutil.Process()), RAM keeps `_pid`. Both read them at every measurement.
+    """
+    for item in hardware:
+        kind = type(item).__name__
+        if kind == "CPU":
+            item._pid, item._process = pid, psutil.Process(pid)
+        elif kind == "RAM":
+            item._pid = pid
 
 
 def _describe(hardware: list[Any], settings: EnergySettings) -> tuple[str, bool]:

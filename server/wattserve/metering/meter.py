@@ -16,7 +16,8 @@ from pathlib import Path
 from wattserve.core.types import Parameter
 from wattserve.metering import ledger
 from wattserve.metering.attribution import Measured, attribute
-from wattserve.metering.energy import EnergyMeter, EnergyReading, EnergySettings
+from wattserve.metering.energy import EnergyReading, EnergySettings
+from wattserve.metering.energy_process import EnergyProcess
 from wattserve.metering.hardware import HardwareSample, HardwareSampler
 from wattserve.metering.histograms import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS_S, Histogram
 from wattserve.metering.intensity import grid_intensity
@@ -117,7 +118,7 @@ class Meter:
         self.hardware_sample: HardwareSample | None = None
         self._rates: dict[ModelKey, tuple[float, float, float]] = {}
         self._hardware: HardwareSampler | None = None
-        self._energy: EnergyMeter | None = None
+        self._energy: EnergyProcess | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
         self._connection: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -132,7 +133,7 @@ class Meter:
         )
         self._hardware = await asyncio.to_thread(HardwareSampler)
         if self.config.energy is not None:
-            energy = EnergyMeter(self.config.energy, self._reading_arrived)
+            energy = EnergyProcess(self.config.energy, self._reading_arrived)
             try:
                 await asyncio.to_thread(energy.start)
             except Exception as exc:  # codecarbon could not start: meter without energy data
@@ -159,7 +160,7 @@ class Meter:
             self.close_interval(None)
 
     def _reading_arrived(self, reading: EnergyReading) -> None:
-        """On codecarbon's thread: hand the reading to the loop, nothing more."""
+        """On the energy reader's thread: hand the reading to the loop, nothing more."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.close_interval, reading)
 
