@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 READY = re.compile(r"wattserve ready: serving \d+ model\(s\) on (\S+):(\d+)")
 
 
@@ -98,3 +100,32 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         time.sleep(0.01)
+
+
+def screenshot(html: Path, png: Path) -> None:
+    """Render a self-contained HTML page in headless Chromium (no network) into a PNG."""
+    browser = shutil.which("chromium")
+    if browser is None:
+        if os.environ.get("CI"):
+            raise AssertionError("CI must have Chromium: .ci/run installs it")
+        pytest.skip("Chromium is not installed (apt-get install chromium); CI installs it")
+    with tempfile.TemporaryDirectory() as profile:
+        shot = subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--no-first-run",
+                "--hide-scrollbars",
+                f"--user-data-dir={profile}",
+                "--window-size=1280,1400",
+                f"--screenshot={png}",
+                html.resolve().as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert shot.returncode == 0 and png.stat().st_size > 0, shot.stderr

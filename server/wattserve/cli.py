@@ -65,6 +65,24 @@ def _parser() -> argparse.ArgumentParser:
         description="Report the usage ledger over a period, grouped by model, tenant or day.",
     )
     add_report_arguments(report)
+    sweep = commands.add_parser(
+        "sweep",
+        help="closed-loop concurrency sweep against any Open Inference Protocol server",
+        description="Measure throughput and latency at fixed concurrencies (perf_analyzer's "
+        "concurrency mode): warm-up, then windows until three agree.",
+    )
+    from wattserve_client import sweep as sweep_module
+
+    sweep_module.add_arguments(sweep)
+    capacity = commands.add_parser(
+        "capacity",
+        help="peak throughput within a latency SLO, replicas needed, cost per million predictions",
+        description="Open-loop capacity search against any Open Inference Protocol server "
+        "(with --metrics-url, wattserve's utilisation and meter figures too).",
+    )
+    from wattserve_client import capacity as capacity_module
+
+    capacity_module.add_arguments(capacity)
     health = commands.add_parser(
         "health",
         help="ask a server's gRPC health service; exit 0 when SERVING (for container checks)",
@@ -96,6 +114,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.pop("command")
     if command == "report":
         return run_report(argparse.Namespace(**args))
+    if command == "capacity":
+        from wattserve_client import capacity as capacity_module
+
+        return capacity_module.run(argparse.Namespace(**args))
+    if command == "sweep":
+        from wattserve_client import sweep as sweep_module
+
+        return sweep_module.run(argparse.Namespace(**args))
     if command == "health":
         return _health(args["address"], args["service"], args["timeout_s"])
     if command == "demo":

@@ -1,0 +1,301 @@
+"""Precise load generation over grpc.aio: closed loop (fixed in flight) and open loop (fixed rate).
+
+Both send one prebuilt ModelInferRequest again and again and cut time into measurement windows
+after a warm-up, like perf_analyzer: a run holds until the last `STABLE_WINDOWS` windows agree
+within `stability` in throughput and in median latency, or gives up after `max_windows`. (The
+median, because one stall of the server moves a window's mean far more than its typical latency.)
+Latencies are kept in nanoseconds, so sub-millisecond calls are measured as they are.
+
+- **Closed loop** (`concurrency`): each of N workers sends, waits for the answer, sends again.
+  Exact in-flight control, the right tool for a throughput ceiling, but it hides queueing: when the
+  server slows down, the load slows down with it.
+- **Open loop** (`rate_per_s`): requests leave on a fixed schedule whatever the server does, and
+  each latency counts from the scheduled send time, so a server that falls behind shows it in its
+  latencies (no coordinated omission). The right tool for "can it sustain N/s within the SLO?".
+
+Failed calls are counted (with their first messages), not raised: the caller decides what an
+error rate means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+
+CALL_TIMEOUT_S = 30.0
+STABLE_WINDOWS = 3
+INF = float("inf")
+
+CpuProbe = Callable[[], Mapping[str, float]]
+"""CPU seconds consumed so far, per label; read at the window edges."""
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """What one measurement window saw: calls that completed inside [start_ns, end_ns)."""
+
+    start_ns: int
+    end_ns: int
+    latencies_ns: np.ndarray
+    """Successful calls only."""
+    errors: int
+    cpu_cores: dict[str, float]
+    """CPU used during the window per probe label, in cores (1.0 = one core busy)."""
+
+    @property
+    def seconds(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e9
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.latencies_ns.size / self.seconds
+
+    @property
+    def median_latency_ns(self) -> float:
+        return float(np.median(self.latencies_ns)) if self.latencies_ns.size else INF
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """The stable windows of one run, pooled."""
+
+    windows: list[Window]
+    """The windows pooled here (the last STABLE_WINDOWS, or all when the run never settled)."""
+    stable: bool
+    windows_run: int
+    error_messages: dict[str, int] = field(default_factory=dict)
+    """The first distinct errors ("CODE: details") and how often each occurred."""
+    in_flight_max: int = 0
+
+    @property
+    def seconds(self) -> float:
+        return sum(w.seconds for w in self.windows)
+
+    @property
+    def latencies_ns(self) -> np.ndarray:
+        return np.concatenate([w.latencies_ns for w in self.windows])
+
+    @property
+    def requests(self) -> int:
+        return sum(w.latencies_ns.size for w in self.windows)
+
+    @property
+    def errors(self) -> int:
+        return sum(w.errors for w in self.windows)
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def error_rate(self) -> float:
+        total = self.requests + self.errors
+        return self.errors / total if total else 0.0
+
+    def latency_ms(self, percentile: float) -> float:
+        latencies = self.latencies_ns
+        return float(np.percentile(latencies, percentile)) / 1e6 if latencies.size else INF
+
+    def cpu_cores(self, label: str) -> float | None:
+        values = [w.cpu_cores[label] for w in self.windows if label in w.cpu_cores]
+        return sum(values) / len(values) if values else None
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """How long to warm up and measure, and when a run counts as stable."""
+
+    warmup_s: float = 1.0
+    window_s: float = 2.0
+    min_windows: int = STABLE_WINDOWS
+    max_windows: int = 10
+    stability: float = 0.10
+    """Stable: the last STABLE_WINDOWS windows within this fraction (max ÷ min - 1)."""
+
+    def __post_init__(self) -> None:
+        if self.window_s <= 0 or self.warmup_s < 0:
+            raise ValueError("window_s must be > 0 and warmup_s >= 0")
+        if not 1 <= self.min_windows <= self.max_windows:
+            raise ValueError("need 1 <= min_windows <= max_windows")
+
+
+class _Calls:
+    """Completions as (time done, latency, ok), appended by the senders."""
+
+    def __init__(self, stub: Any, request: Any, metadata: Sequence[tuple[str, str]]) -> None:
+        self._call = stub.ModelInfer
+        self._request = request
+        self._metadata = tuple(metadata)
+        self.done_ns: list[int] = []
+        self.latency_ns: list[int] = []
+        self.ok: list[bool] = []
+        self.messages: Counter[str] = Counter()
+        self.in_flight = 0
+        self.in_flight_max = 0
+
+    async def send(self, started_ns: int) -> None:
+        """One call; latency counts from `started_ns` (the scheduled time in an open loop)."""
+        self.in_flight += 1
+        self.in_flight_max = max(self.in_flight_max, self.in_flight)
+        ok = True
+        try:
+            await self._call(self._request, timeout=CALL_TIMEOUT_S, metadata=self._metadata)
+        except grpc.aio.AioRpcError as exc:
+            ok = False
+            message = f"{exc.code().name}: {exc.details()}"
+            if message in self.messages or len(self.messages) < 10:
+                self.messages[message] += 1
+        finally:
+            self.in_flight -= 1
+        done = time.perf_counter_ns()
+        self.done_ns.append(done)
+        self.latency_ns.append(done - started_ns)
+        self.ok.append(ok)
+
+    def window(self, start_ns: int, end_ns: int, cpu: dict[str, float]) -> Window:
+        done = np.asarray(self.done_ns, dtype=np.int64)
+        inside = (done >= start_ns) & (done < end_ns)
+        ok = np.asarray(self.ok, dtype=bool)
+        latency = np.asarray(self.latency_ns, dtype=np.int64)
+        return Window(
+            start_ns=start_ns,
+            end_ns=end_ns,
+            latencies_ns=latency[inside & ok],
+            errors=int((inside & ~ok).sum()),
+            cpu_cores=cpu,
+        )
+
+
+async def closed_loop(
+    stub: Any,
+    request: Any,
+    *,
+    concurrency: int,
+    schedule: Schedule,
+    metadata: Sequence[tuple[str, str]] = (),
+    cpu_probes: Sequence[CpuProbe] = (),
+) -> Measurement:
+    """Keep `concurrency` copies of `request` in flight until the windows are stable."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    calls = _Calls(stub, request, metadata)
+    stop = asyncio.Event()
+
+    async def worker() -> None:
+        while not stop.is_set():
+            await calls.send(time.perf_counter_ns())
+
+    return await _run(calls, [worker] * concurrency, stop, schedule, cpu_probes)
+
+
+async def open_loop(
+    stub: Any,
+    request: Any,
+    *,
+    rate_per_s: float,
+    schedule: Schedule,
+    max_in_flight: int = 10_000,
+    metadata: Sequence[tuple[str, str]] = (),
+    cpu_probes: Sequence[CpuProbe] = (),
+) -> Measurement:
+    """Send `rate_per_s` requests per second on a fixed schedule until the windows are stable.
+
+    Past `max_in_flight` outstanding calls the schedule still advances but nothing is sent: those
+    requests count as errors ("client: more than N in flight"), since the server clearly cannot
+    keep up.
+    """
+    if rate_per_s <= 0:
+        raise ValueError(f"rate_per_s must be > 0, got {rate_per_s}")
+    calls = _Calls(stub, request, metadata)
+    stop = asyncio.Event()
+    interval_ns = 1e9 / rate_per_s
+    pending: set[asyncio.Task[None]] = set()
+    overflow = f"client: more than {max_in_flight} in flight"
+
+    async def dispatcher() -> None:
+        start_ns, sent = time.perf_counter_ns(), 0
+        while not stop.is_set():
+            now = time.perf_counter_ns()
+            due = int((now - start_ns) / interval_ns) + 1
+            for n in range(sent, due):
+                scheduled = start_ns + round(n * interval_ns)
+                if calls.in_flight >= max_in_flight:
+                    calls.messages[overflow] += 1
+                    calls.done_ns.append(now)
+                    calls.latency_ns.append(now - scheduled)
+                    calls.ok.append(False)
+                    continue
+                task = asyncio.create_task(calls.send(scheduled))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            sent = due
+            next_ns = start_ns + due * interval_ns
+            await asyncio.sleep(max(0.0, (next_ns - time.perf_counter_ns()) / 1e9))
+        if pending:
+            await asyncio.gather(*pending)
+
+    return await _run(calls, [dispatcher], stop, schedule, cpu_probes)
+
+
+async def _run(
+    calls: _Calls,
+    senders: Sequence[Callable[[], Any]],
+    stop: asyncio.Event,
+    schedule: Schedule,
+    cpu_probes: Sequence[CpuProbe],
+) -> Measurement:
+    async with asyncio.TaskGroup() as group:
+        for sender in senders:
+            group.create_task(sender())
+        try:
+            windows, stable = await _measure(calls, schedule, cpu_probes)
+        finally:
+            stop.set()
+    pooled = windows[-STABLE_WINDOWS:] if stable else windows
+    return Measurement(
+        windows=pooled,
+        stable=stable,
+        windows_run=len(windows),
+        error_messages=dict(calls.messages),
+        in_flight_max=calls.in_flight_max,
+    )
+
+
+async def _measure(
+    calls: _Calls, schedule: Schedule, probes: Sequence[CpuProbe]
+) -> tuple[list[Window], bool]:
+    await asyncio.sleep(schedule.warmup_s)
+    windows: list[Window] = []
+    start_ns, before = time.perf_counter_ns(), _read(probes)
+    while len(windows) < schedule.max_windows:
+        await asyncio.sleep(max(0.0, start_ns / 1e9 + schedule.window_s - time.perf_counter()))
+        end_ns, after = time.perf_counter_ns(), _read(probes)
+        seconds = (end_ns - start_ns) / 1e9
+        cpu = {k: (v - before.get(k, 0.0)) / seconds for k, v in after.items()}
+        windows.append(calls.window(start_ns, end_ns, cpu))
+        start_ns, before = end_ns, after
+        if len(windows) >= schedule.min_windows and _stable(windows, schedule.stability):
+            return windows, True
+    return windows, False
+
+
+def _stable(windows: list[Window], stability: float) -> bool:
+    if len(windows) < STABLE_WINDOWS:
+        return True  # fewer windows than the rule needs were asked for: nothing to compare
+    last = windows[-STABLE_WINDOWS:]
+    for values in ([w.requests_per_s for w in last], [w.median_latency_ns for w in last]):
+        low, high = min(values), max(values)
+        if low <= 0 or not np.isfinite(high) or high / low - 1 > stability:
+            return False
+    return True
+
+
+def _read(probes: Sequence[CpuProbe]) -> dict[str, float]:
+    return {label: seconds for probe in probes for label, seconds in probe().items()}

@@ -1,0 +1,210 @@
+"""`wattserve sweep`: a closed-loop concurrency sweep, like perf_analyzer's concurrency mode.
+
+For each concurrency (requests always in flight) it warms up, then measures windows until the last
+three agree within the stability margin, and reports throughput and p50/p90/p95/p99 latency. Works
+against any Open Inference Protocol server: payloads come from the model's metadata.
+
+    wattserve sweep --target 127.0.0.1:8001 --model dense --rows 16 --concurrency 1,2,4,8,16,32 \\
+        --slo-p99-ms 100 --json sweep.json --csv sweep.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from wattserve.protocol import pb, pb_grpc
+from wattserve_client._request import CHANNEL_OPTIONS, infer_request
+from wattserve_client.loadgen import Measurement, Schedule, closed_loop
+from wattserve_client.payloads import PayloadShape, inputs_for
+
+PERCENTILES = (50, 90, 95, 99)
+TENANT_HEADER = "x-wattserve-tenant"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What to load: a server, a model, a payload, a tenant."""
+
+    address: str
+    model: str
+    version: str = ""
+    shape: PayloadShape = field(default_factory=PayloadShape)
+    seed: int = 0
+    tenant: str | None = None
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((TENANT_HEADER, self.tenant),) if self.tenant else ()
+
+
+async def build_request(stub: Any, target: Target) -> Any:
+    """A request with seeded inputs shaped from the model's metadata, checked by one call."""
+    metadata = await stub.ModelMetadata(
+        pb.ModelMetadataRequest(name=target.model, version=target.version), timeout=30
+    )
+    request = infer_request(
+        target.model, inputs_for(metadata, target.shape, target.seed), version=target.version
+    )
+    await stub.ModelInfer(request, timeout=30, metadata=target.metadata)
+    return request
+
+
+def point(label: str, value: float, m: Measurement, rows: int) -> dict[str, Any]:
+    """One step of a sweep or a search as JSON: throughput, latency percentiles, errors."""
+    return {
+        label: value,
+        "requests_per_s": m.requests_per_s,
+        "predictions_per_s": m.requests_per_s * rows,
+        "latency_ms": {f"p{q}": m.latency_ms(q) for q in PERCENTILES},
+        "requests": m.requests,
+        "errors": m.errors,
+        "error_rate": m.error_rate,
+        "errors_seen": m.error_messages,
+        "stable": m.stable,
+        "windows": m.windows_run,
+    }
+
+
+def within_slo(p: dict[str, Any], slo_p99_ms: float | None, max_error_rate: float) -> bool:
+    return (
+        p["stable"]
+        and p["error_rate"] <= max_error_rate
+        and (slo_p99_ms is None or p["latency_ms"]["p99"] <= slo_p99_ms)
+    )
+
+
+async def sweep(
+    target: Target,
+    concurrencies: list[int],
+    schedule: Schedule,
+    slo_p99_ms: float | None = None,
+    max_error_rate: float = 0.0,
+) -> dict[str, Any]:
+    async with grpc.aio.insecure_channel(target.address, options=CHANNEL_OPTIONS) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+        request = await build_request(stub, target)
+        points = []
+        for concurrency in concurrencies:
+            m = await closed_loop(
+                stub, request, concurrency=concurrency, schedule=schedule, metadata=target.metadata
+            )
+            points.append(point("concurrency", concurrency, m, target.shape.rows))
+            print(_row(points[-1]), file=sys.stderr)
+    passing = [p for p in points if within_slo(p, slo_p99_ms, max_error_rate)]
+    peak = max(passing, key=lambda p: p["requests_per_s"], default=None)
+    return {
+        "mode": "closed-loop concurrency sweep",
+        "target": target.address,
+        "model": target.model,
+        "rows_per_request": target.shape.rows,
+        "slo": {"p99_ms": slo_p99_ms, "max_error_rate": max_error_rate},
+        "schedule": {
+            "warmup_s": schedule.warmup_s,
+            "window_s": schedule.window_s,
+            "max_windows": schedule.max_windows,
+            "stability": schedule.stability,
+        },
+        "points": points,
+        "peak_within_slo": peak,
+    }
+
+
+def _row(p: dict[str, Any]) -> str:
+    latency = p["latency_ms"]
+    return (
+        f"concurrency {p['concurrency']:>4}: {p['requests_per_s']:9.1f} req/s "
+        f"{p['predictions_per_s']:10.1f} pred/s  p50 {latency['p50']:8.3f} ms  "
+        f"p99 {latency['p99']:8.3f} ms  errors {p['errors']}"
+        + ("" if p["stable"] else "  (not stable)")
+    )
+
+
+def write_csv(path: Path, points: list[dict[str, Any]], label: str) -> None:
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        header = [label, "requests_per_s", "predictions_per_s"]
+        header += [f"p{q}_ms" for q in PERCENTILES] + ["errors", "error_rate", "stable"]
+        writer.writerow(header)
+        for p in points:
+            writer.writerow(
+                [p[label], f"{p['requests_per_s']:.3f}", f"{p['predictions_per_s']:.3f}"]
+                + [f"{p['latency_ms'][f'p{q}']:.4f}" for q in PERCENTILES]
+                + [p["errors"], f"{p['error_rate']:.6f}", p["stable"]]
+            )
+
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default="127.0.0.1:8001", help="server host:port")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--version", default="")
+    parser.add_argument("--rows", type=int, default=1, help="rows per request (batch dimension)")
+    parser.add_argument("--sequence-length", type=int, default=16, help="size of other -1 dims")
+    parser.add_argument("--seed", type=int, default=0, help="payload seed")
+    parser.add_argument("--tenant", default=None, help="sent as x-wattserve-tenant")
+    parser.add_argument("--warmup-s", type=float, default=1.0)
+    parser.add_argument("--window-s", type=float, default=2.0)
+    parser.add_argument("--max-windows", type=int, default=10)
+    parser.add_argument("--stability", type=float, default=0.10, help="fraction, 0.10 = 10%%")
+    parser.add_argument("--slo-p99-ms", type=float, default=None)
+    parser.add_argument("--max-error-rate", type=float, default=0.0)
+
+
+def target_of(args: argparse.Namespace) -> Target:
+    return Target(
+        address=args.target,
+        model=args.model,
+        version=args.version,
+        shape=PayloadShape(rows=args.rows, sequence_length=args.sequence_length),
+        seed=args.seed,
+        tenant=args.tenant,
+    )
+
+
+def schedule_of(args: argparse.Namespace) -> Schedule:
+    return Schedule(
+        warmup_s=args.warmup_s,
+        window_s=args.window_s,
+        max_windows=args.max_windows,
+        stability=args.stability,
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_target_arguments(parser)
+    parser.add_argument("--concurrency", default="1,2,4,8,16,32", help="comma-separated")
+    parser.add_argument("--json", type=Path, default=None, help="write the result as JSON")
+    parser.add_argument("--csv", type=Path, default=None, help="write one row per concurrency")
+
+
+def run(args: argparse.Namespace) -> int:
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    result = asyncio.run(
+        sweep(
+            target_of(args),
+            concurrencies,
+            schedule_of(args),
+            args.slo_p99_ms,
+            args.max_error_rate,
+        )
+    )
+    text = json.dumps(result, indent=2)
+    if args.json:
+        args.json.write_text(text + "\n")
+    if args.csv:
+        write_csv(args.csv, result["points"], "concurrency")
+    peak = result["peak_within_slo"]
+    print(
+        f"peak within SLO: {peak['requests_per_s']:.1f} req/s at concurrency {peak['concurrency']}"
+        if peak
+        else "no concurrency met the SLO"
+    )
+    return 0

@@ -1,0 +1,132 @@
+"""`wattserve sweep` and `wattserve capacity` against real servers over loopback."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.support import run_server, screenshot
+from wattserve.protocol import pb, pb_grpc
+from wattserve_client import Client
+from wattserve_client.payloads import PayloadShape, inputs_for
+
+QUICK = ["--warmup-s", "0.3", "--window-s", "0.5", "--max-windows", "6", "--stability", "0.5"]
+P50_BLUE, P99_ORANGE = (0x2F, 0x6D, 0xB5), (0xC0, 0x7A, 0x1C)
+
+
+def wattserve(*args: str, timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "wattserve", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+@pytest.mark.parametrize("model", ["tabular_classifier", "dense", "text_classifier"])
+def test_payloads_from_metadata_are_seeded_and_accepted(address: str, model: str) -> None:
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name=model))
+        shape = PayloadShape(rows=3, sequence_length=7)
+        first, again = inputs_for(metadata, shape, seed=5), inputs_for(metadata, shape, seed=5)
+        other = inputs_for(metadata, shape, seed=6)
+        for name, array in first.items():
+            assert array.shape[0] == 3
+            assert np.array_equal(array, again[name])
+            assert not np.array_equal(array, other[name])
+        with Client(address) as client:
+            outputs = client.infer(model, first)
+        assert all(o.shape[0] == 3 for o in outputs.values())
+
+
+def test_sweep_writes_json_and_csv_with_one_row_per_concurrency(
+    address: str, tmp_path: Path
+) -> None:
+    out_json, out_csv = tmp_path / "sweep.json", tmp_path / "sweep.csv"
+    done = wattserve(
+        "sweep", "--target", address, "--model", "tabular_classifier", "--concurrency", "1,4",
+        "--slo-p99-ms", "1000", "--json", str(out_json), "--csv", str(out_csv), *QUICK,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out_json.read_text())
+    assert [p["concurrency"] for p in result["points"]] == [1, 4]
+    for p in result["points"]:
+        assert p["requests"] > 0 and p["errors"] == 0
+        latency = p["latency_ms"]
+        assert 0 < latency["p50"] <= latency["p90"] <= latency["p95"] <= latency["p99"]
+    assert result["peak_within_slo"] in result["points"]
+    assert "peak within SLO" in done.stdout
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [r["concurrency"] for r in rows] == ["1", "4"]
+    assert float(rows[1]["requests_per_s"]) == pytest.approx(
+        result["points"][1]["requests_per_s"], rel=1e-3
+    )
+
+
+def capacity(address: str, tmp_path: Path, *extra: str) -> tuple[int, str, dict[str, Any]]:
+    out = tmp_path / "capacity.json"
+    done = wattserve(
+        "capacity", "--target", address, "--model", "tabular_classifier", "--growth", "3",
+        "--max-steps", "3", "--refine", "1", "--json", str(out), *QUICK, *extra,
+    )  # fmt: skip
+    return done.returncode, done.stdout + done.stderr, json.loads(out.read_text())
+
+
+def test_capacity_with_the_meter_reports_peak_replicas_and_cost(
+    demo_repository: Path, tmp_path: Path
+) -> None:
+    html = tmp_path / "capacity.html"
+    with run_server("--demo-dir", str(demo_repository)) as server:
+        code, output, result = capacity(
+            server.address, tmp_path, "--slo-p99-ms", "2000", "--metrics-url",
+            server.metrics_url, "--target-predictions-per-s", "5000", "--html", str(html),
+        )  # fmt: skip
+    assert code == 0, output
+    peak, recommended = result["peak"], result["recommended"]
+    assert peak["passed"] and peak in result["steps"]
+    assert max(s["requests_per_s"] for s in result["steps"] if s["passed"]) == pytest.approx(
+        peak["requests_per_s"]
+    )
+    per_replica = recommended["predictions_per_s_per_replica"]
+    assert per_replica == pytest.approx(peak["predictions_per_s"] * 0.8)
+    assert recommended["replicas"] == int(np.ceil(5000 / per_replica))
+    assert all("process_cpu_utilization" in s["utilization"] for s in result["steps"])
+    assert all("gpu_utilization" not in s["utilization"] for s in result["steps"])  # no GPU
+    cost = recommended["per_million_predictions"]
+    assert cost["energy_j"] > 0 and cost["carbon_g"] > 0 and cost["cost"] > 0
+    assert cost["allocated_energy_j"] >= cost["energy_j"]  # idle energy shared out on top
+    assert cost["currency"] == "USD"
+    png = tmp_path / "capacity.png"
+    screenshot(html, png)
+    with Image.open(png) as image:
+        rgb = np.asarray(image.convert("RGB"))
+    for curve, colour in (("p50", P50_BLUE), ("p99", P99_ORANGE)):
+        drawn = int((rgb == colour).all(axis=2).sum())
+        assert drawn > 100, f"the {curve} curve drew {drawn} pixels"
+
+
+def test_capacity_against_a_server_without_meter_has_no_cost_part(
+    demo_repository: Path, tmp_path: Path
+) -> None:
+    with run_server("--demo-dir", str(demo_repository), "--metering-enabled", "false") as server:
+        code, output, result = capacity(server.address, tmp_path, "--slo-p99-ms", "2000")
+    assert code == 0, output
+    assert result["peak"] is not None
+    assert result["recommended"]["per_million_predictions"] is None
+
+
+def test_capacity_with_an_impossible_slo_fails(address: str, tmp_path: Path) -> None:
+    code, output, result = capacity(address, tmp_path, "--slo-p99-ms", "0.001")
+    assert code == 1
+    assert "no rate met p99 <= 0.001 ms" in output
+    assert result["peak"] is None and result["found_knee"]
