@@ -99,9 +99,15 @@ class Measurement:
         total = self.requests + self.errors
         return self.errors / total if total else 0.0
 
-    def latency_ms(self, percentile: float) -> float:
+    def latencies_ms(self, percentiles: Sequence[float]) -> list[float]:
+        """Several percentiles from one pass over the pooled latencies."""
         latencies = self.latencies_ns
-        return float(np.percentile(latencies, percentile)) / 1e6 if latencies.size else INF
+        if not latencies.size:
+            return [INF] * len(percentiles)
+        return [float(v) / 1e6 for v in np.percentile(latencies, percentiles)]
+
+    def latency_ms(self, percentile: float) -> float:
+        return self.latencies_ms([percentile])[0]
 
     def cpu_cores(self, label: str) -> float | None:
         values = [w.cpu_cores[label] for w in self.windows if label in w.cpu_cores]

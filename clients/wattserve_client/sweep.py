@@ -21,13 +21,13 @@ from typing import Any
 
 import grpc
 
+from wattserve.grpc.tenants import TENANT_HEADER
 from wattserve.protocol import pb, pb_grpc
 from wattserve_client._request import CHANNEL_OPTIONS, infer_request
 from wattserve_client.loadgen import Measurement, Schedule, closed_loop
 from wattserve_client.payloads import PayloadShape, inputs_for
 
 PERCENTILES = (50, 90, 95, 99)
-TENANT_HEADER = "x-wattserve-tenant"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +64,9 @@ def point(label: str, value: float, m: Measurement, rows: int) -> dict[str, Any]
         label: value,
         "requests_per_s": m.requests_per_s,
         "predictions_per_s": m.requests_per_s * rows,
-        "latency_ms": {f"p{q}": m.latency_ms(q) for q in PERCENTILES},
+        "latency_ms": {
+            f"p{q}": ms for q, ms in zip(PERCENTILES, m.latencies_ms(PERCENTILES), strict=True)
+        },
         "requests": m.requests,
         "errors": m.errors,
         "error_rate": m.error_rate,
