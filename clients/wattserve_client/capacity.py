@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from wattserve.protocol import pb_grpc
@@ -99,9 +100,12 @@ class Metrics:
 
 
 def _passes(p: dict[str, Any], slo_p99_ms: float, max_error_rate: float) -> bool:
-    """The sweep's SLO test, plus: the server delivered (almost) all it was offered."""
+    """The sweep's SLO test, plus: the server delivered (almost) all it was offered. A step whose
+    windows never agreed still passes if every one of them met the SLO: on a noisy machine a
+    few-ms median can wander by more than the margin, while overload shows as p99 past the SLO."""
     delivered = p["requests_per_s"] >= DELIVERED * p["offered_per_s"]
-    return delivered and within_slo(p, slo_p99_ms, max_error_rate)
+    settled = p["stable"] or p["every_window_within_slo"]
+    return delivered and within_slo(p | {"stable": settled}, slo_p99_ms, max_error_rate)
 
 
 async def search(
@@ -118,6 +122,10 @@ async def search(
                 stub, request, rate_per_s=rate, schedule=schedule, metadata=target.metadata
             )
             p = point("offered_per_s", rate, m, rows) | {"role": role}
+            p["every_window_within_slo"] = all(
+                w.latencies_ns.size and np.percentile(w.latencies_ns, 99) / 1e6 <= args.slo_p99_ms
+                for w in m.windows
+            )
             after = metrics.scrape(target.model)
             p["utilization"] = {k: v for k, v in after.items() if k in GAUGES}
             p["passed"] = _passes(p, args.slo_p99_ms, args.max_error_rate)

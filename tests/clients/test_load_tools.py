@@ -20,6 +20,7 @@ from wattserve_client import Client
 from wattserve_client.payloads import PayloadShape, inputs_for
 
 QUICK = ["--warmup-s", "0.3", "--window-s", "0.5", "--max-windows", "6", "--stability", "0.5"]
+
 P50_BLUE, P99_ORANGE = (0x2F, 0x6D, 0xB5), (0xC0, 0x7A, 0x1C)
 
 
