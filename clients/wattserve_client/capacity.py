@@ -7,7 +7,9 @@ scheduled send time), so queueing shows up in the latencies instead of slowing t
 1. probe: one request at a time, to learn the serial rate r1;
 2. ramp: offer r1, r1 x growth, ... Each step holds until three windows agree within the
    stability margin (perf_analyzer's rule). A step **passes** when it is stable, its p99 is
-   within the SLO, its error rate within the limit, and it delivered >= 95% of the offered rate;
+   within the SLO, its error rate within the limit, and it delivered >= 95% of the offered rate.
+   If r1 itself fails (the probe caught a fast moment on a shared core), the ramp backs off by
+   the growth factor until a step passes or `--max-steps` runs out;
 3. past the knee (the first failing step), bisect between the last pass and the first failure;
 4. the **peak** is the best passing step; the **recommended operating point** is the peak less
    the headroom, measured as one more step. With the server's Prometheus endpoint
@@ -141,12 +143,18 @@ async def search(
         passed: dict[str, Any] | None = None
         failed: dict[str, Any] | None = None
         while len(steps) < args.max_steps:
-            steps.append(await step(rate, "ramp"))
-            if not steps[-1]["passed"]:
-                failed = steps[-1]
-                break
-            passed = steps[-1]
-            rate *= args.growth
+            latest = await step(rate, "ramp")
+            steps.append(latest)
+            if latest["passed"]:
+                passed = latest
+                if failed is not None:
+                    break  # came down from a failure: the knee is bracketed
+                rate *= args.growth
+            else:
+                failed = latest
+                if passed is not None:
+                    break
+                rate /= args.growth  # the probe was optimistic (a noisy core): back off
         for _ in range(args.refine if passed and failed else 0):
             assert passed is not None and failed is not None
             middle = await step(

@@ -126,6 +126,18 @@ def test_capacity_against_a_server_without_meter_has_no_cost_part(
     assert result["recommended"]["per_million_predictions"] is None
 
 
+def test_capacity_backs_off_when_the_first_rate_is_too_high(address: str, tmp_path: Path) -> None:
+    code, output, result = capacity(
+        address, tmp_path, "--slo-p99-ms", "2000", "--start-rps", "4000", "--growth", "8"
+    )
+    assert code == 0, output
+    first = result["steps"][0]
+    assert first["offered_per_s"] == 4000 and not first["passed"]
+    assert result["steps"][1]["offered_per_s"] == pytest.approx(500)
+    assert result["peak"]["passed"] and result["peak"]["offered_per_s"] < 4000
+    assert result["knee"]["offered_per_s"] > result["peak"]["offered_per_s"]
+
+
 def test_capacity_with_an_impossible_slo_fails(address: str, tmp_path: Path) -> None:
     code, output, result = capacity(address, tmp_path, "--slo-p99-ms", "0.001")
     assert code == 1
