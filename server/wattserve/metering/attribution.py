@@ -54,7 +54,7 @@ class Batch:
         if not self.tenant_rows:
             # Every batch holds at least one request, so someone must pay for its compute.
             raise ValueError(f"batch of {self.model}:{self.version} names no tenant")
-        if any(rows < 0 for rows in self.tenant_rows.values()):
+        if min(self.tenant_rows.values()) < 0:
             raise ValueError(f"batch of {self.model}:{self.version} has negative rows")
 
 
@@ -105,10 +105,13 @@ def _clip(batch: Batch, start_ns: int, end_ns: int) -> tuple[int, int]:
 
 def busy_ns(batches: Sequence[Batch], start_ns: int, end_ns: int) -> int:
     """Length of the union of the batches' [start, end) ranges clipped to [start_ns, end_ns)."""
-    ranges = sorted(r for r in (_clip(b, start_ns, end_ns) for b in batches) if r[0] < r[1])
+    return _union_ns([_clip(b, start_ns, end_ns) for b in batches], start_ns)
+
+
+def _union_ns(clipped: list[tuple[int, int]], start_ns: int) -> int:
     total = 0
     covered_to = start_ns  # sorted by start, so only the part past covered_to is new
-    for lo, hi in ranges:
+    for lo, hi in sorted(r for r in clipped if r[0] < r[1]):
         if hi > covered_to:
             total += hi - max(lo, covered_to)
             covered_to = hi
@@ -169,30 +172,42 @@ def attribute(
     interval_ns = end_ns - start_ns
     if interval_ns <= 0:
         raise ValueError(f"interval [{start_ns}, {end_ns}) is empty")
-    union_ns = busy_ns(batches, start_ns, end_ns)
+    clipped = [_clip(b, start_ns, end_ns) for b in batches]
+    union_ns = _union_ns(clipped, start_ns)
 
+    # Tenant weights per (model, version). Almost every batch lies wholly inside the interval
+    # and weighs its plain rows, summed as integers; only the few straddling a boundary need an
+    # exact fraction (this loop runs once per batch, a thousand times a second on a fast model).
     compute_ns: dict[tuple[str, str], int] = {}
-    tenant_weights: dict[tuple[str, str], dict[str, Fraction]] = {}
+    whole_weights: dict[tuple[str, str], dict[str, int]] = {}
+    part_weights: dict[tuple[str, str], dict[str, Fraction]] = {}
     tenant_rows: dict[tuple[str, str], dict[str, int]] = {}
-    for batch in batches:
-        lo, hi = _clip(batch, start_ns, end_ns)
-        clipped_ns = max(hi - lo, 0)
+    for batch, (lo, hi) in zip(batches, clipped, strict=True):
+        clipped_ns = hi - lo if hi > lo else 0
         ends_here = start_ns < batch.end_ns <= end_ns
         if not clipped_ns and not ends_here:
             continue
         key = (batch.model, batch.version)
         compute_ns[key] = compute_ns.get(key, 0) + clipped_ns
-        key_weights = tenant_weights.setdefault(key, {})
+        key_whole = whole_weights.setdefault(key, {})
         key_rows = tenant_rows.setdefault(key, {})
+        duration_ns = batch.end_ns - batch.start_ns
         no_rows = not any(batch.tenant_rows.values())
         for tenant, n in batch.tenant_rows.items():
             weight = 1 if no_rows else n
-            # clipped_ns > 0 implies a positive duration, so the fraction is defined.
-            inside = (
-                Fraction(weight * clipped_ns, batch.end_ns - batch.start_ns) if clipped_ns else 0
-            )
-            key_weights[tenant] = key_weights.get(tenant, Fraction(0)) + inside
+            if clipped_ns == duration_ns:  # wholly inside (or empty, weighing nothing)
+                key_whole[tenant] = key_whole.get(tenant, 0) + (weight if clipped_ns else 0)
+            else:  # 0 < clipped_ns < duration_ns: its share of the batch's duration
+                key_part = part_weights.setdefault(key, {})
+                key_part[tenant] = key_part.get(tenant, 0) + Fraction(
+                    weight * clipped_ns, duration_ns
+                )
+                key_whole.setdefault(tenant, 0)
             key_rows[tenant] = key_rows.get(tenant, 0) + (n if ends_here else 0)
+    tenant_weights: dict[tuple[str, str], dict[str, Weight]] = {
+        key: {t: w + part_weights.get(key, {}).get(t, 0) for t, w in whole.items()}
+        for key, whole in whole_weights.items()
+    }
 
     models = sorted(compute_ns)
     model_parts: dict[tuple[str, str], Measured] | None = None
