@@ -25,33 +25,52 @@ STOP_TIMEOUT_S = 15.0
 LOG_TAIL_LINES = 40
 
 
-def _stat(path: Path) -> tuple[str, float]:
-    """(name, user + system CPU seconds) from a /proc stat file."""
-    text = path.read_text()
-    name, fields = text[text.index("(") + 1 : text.rindex(")")], text.rsplit(")", 1)[1].split()
-    return name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _name(task: Path) -> str:
+    return (task / "comm").read_text().rstrip("\n")
+
+
+def _cpu_seconds(task: Path) -> float:
+    """A thread's CPU time: the scheduler's nanosecond count (`se.sum_exec_runtime`, in ms, in
+    /proc/.../sched) where the kernel has it; else user + system from /proc/.../stat, in clock
+    ticks (10 ms: too coarse for 1 s windows)."""
+    with contextlib.suppress(FileNotFoundError):
+        for line in (task / "sched").read_text().splitlines():
+            if line.startswith("se.sum_exec_runtime"):
+                return float(line.rsplit(":", 1)[1]) / 1e3
+    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _threads(pid: int) -> dict[str, tuple[str, float]]:
+    """tid -> (thread name, CPU seconds) for the live threads of a process."""
+    threads = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            threads[task.name] = (_name(task), _cpu_seconds(task))
+        except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
+            continue
+    return threads
 
 
 def cpu_by_thread_group(pid: int) -> dict[str, float]:
     """CPU seconds of a Python process: in total (with its child processes: the meter's energy
     process), on its main thread (the event loop), on the other threads Python started (they keep
     the main thread's name: the ONNX Runtime executor), on threads that named themselves (gRPC
-    core's), and in its child processes."""
+    core's), and in its child processes. Threads that have ended are not counted."""
     groups = dict.fromkeys(("loop", "python", "native"), 0.0)
-    groups["children"] = sum(_process_cpu(child) for child in psutil.Process(pid).children())
-    groups["total"] = _stat(Path(f"/proc/{pid}/stat"))[1] + groups["children"]
-    main_name = _stat(Path(f"/proc/{pid}/task/{pid}/stat"))[0]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            name, seconds = _stat(task / "stat")
-        except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
-            continue
-        group = "loop" if task.name == str(pid) else "python" if name == main_name else "native"
+    # Per process, not per thread: a child's threads come and go (codecarbon's timers).
+    groups["children"] = sum(_process_cpu(c) for c in psutil.Process(pid).children(recursive=True))
+    threads = _threads(pid)
+    main_name = threads[str(pid)][0]
+    for tid, (name, seconds) in threads.items():
+        group = "loop" if tid == str(pid) else "python" if name == main_name else "native"
         groups[group] += seconds
+    groups["total"] = sum(groups.values())
     return groups
 
 
 def _process_cpu(process: psutil.Process) -> float:
+    """User + system seconds of a whole process, ended threads included (clock ticks)."""
     try:
         times = process.cpu_times()
     except psutil.NoSuchProcess:

@@ -1,21 +1,24 @@
 """What metering costs: served throughput with the meter on ÷ off, on the dense and the smallest
-demo model, server and load generator pinned to different cores.
+demo model.
 
-    python bench/meter_overhead.py [--pairs 12] [--window-s 2] [--warmup-s 0.5]
+    python bench/meter_overhead.py [--windows 20] [--window-s 1] [--warmup-s 2]
 
-"On" is the default server: usage recorder, codecarbon (offline), ledger, Prometheus endpoint.
-"Off" is `--metering-enabled false`. To price one part of the meter, give the "on" server extra
-flags after `--` (`-- --energy-metering false`), or compare against another baseline
-(`--off "--energy-metering false"`).
+"On" is the default server: usage recorder, codecarbon (offline, in its child process), ledger,
+Prometheus endpoint. "Off" is `--metering-enabled false`. To price one part of the meter, give the
+"on" server extra flags after `--` (`-- --energy-metering false`), or compare against another
+baseline (`--off "--energy-metering false"`); `--off ""` against the default server is an A/A
+check of the method itself.
 
-A shared VM drifts by tens of percent over minutes, more than the few percent measured here. So
-both servers run at once on the same core and take turns in short windows: while one is measured,
-the other is frozen (SIGSTOP, with its child processes), so that neither its event loop nor its
-meter runs on the core meanwhile. Server CPU time includes its child processes (the meter's
-energy process). A frozen meter catches up on its measurements as soon as it is thawed, inside its
-own window, so the "on" windows carry at least their share of the meter's work. Each on/off pair
-of adjacent windows gives one ratio; the script prints the median and the spread of those ratios,
-for throughput and for the server's CPU time per request (off ÷ on).
+**Method: side by side on one core.** A shared VM's speed drifts by tens of percent within
+seconds, far more than the few percent measured here, so measuring "on" and then "off" compares
+two different machines. Instead both servers run at the same time, pinned to the same core, each
+saturated by its own closed loop (same concurrency, same request) from the other core. Whatever
+the machine does to that core in a window, it does to both. A saturated server's throughput on a
+core is `1 / (CPU time per request)`, so each window gives one ratio of **requests per CPU-second**
+(on ÷ off), with each server's CPU counted in full: all its threads and its child processes (the
+meter's energy process). The script prints the median and quartiles of the window ratios, each
+server's share of the core, and the raw request-rate ratio for reference (that one also carries
+how the kernel happened to share the core between the two).
 """
 
 from __future__ import annotations
@@ -24,22 +27,24 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import statistics
 import sys
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
-from _loadgen import fp32_request, run_closed_loop
 from _server import ServerProcess, serving
 
-from wattserve.protocol import pb, pb_grpc
+from wattserve.protocol import pb_grpc
+from wattserve_client.loadgen import Measurement, Schedule, closed_loop
+from wattserve_client.payloads import PayloadShape
+from wattserve_client.sweep import Target, build_request
 
-# (model, input, width, rows per request): the smallest model is the overhead-bound case.
-CASES = (("tabular_classifier", "features", 30, 1), ("dense", "input", 512, 16))
+# (model, rows per request): the smallest model is the overhead-bound case.
+CASES = (("tabular_classifier", 1), ("dense", 16))
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,72 +52,111 @@ class Contender:
     name: str
     server: ServerProcess
     stub: pb_grpc.GRPCInferenceServiceStub
+    request: Any
 
-    def freeze(self) -> None:
-        self.server.signal_tree(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        self.server.signal_tree(signal.SIGCONT)
-
-    async def measure(
-        self, request: pb.ModelInferRequest, args: argparse.Namespace
-    ) -> tuple[float, float]:
-        """(requests/s, server CPU µs per request) over one window."""
-        result = await run_closed_loop(
+    async def load(self, args: argparse.Namespace) -> Measurement:
+        # A negative margin is never met: the run keeps every window, none pooled away.
+        schedule = Schedule(args.warmup_s, args.window_s, args.windows, args.windows, -1.0)
+        return await closed_loop(
             self.stub,
-            request,
+            self.request,
             concurrency=args.concurrency,
-            warmup_s=args.warmup_s,
-            duration_s=args.window_s,
+            schedule=schedule,
             cpu_probes=[self.server.cpu_seconds],
         )
-        return result.requests_per_s, result.cpu_cores["server"] / result.requests_per_s * 1e6
 
 
 @contextlib.asynccontextmanager
 async def contender(
-    name: str, demo_dir: Path, core: int | None, extra: tuple[str, ...]
+    name: str, extra: tuple[str, ...], case: tuple[str, int], demo_dir: Path, core: int | None
 ) -> AsyncIterator[Contender]:
+    model, rows = case
     async with (
         serving(demo_dir, core, extra) as server,
         grpc.aio.insecure_channel(server.address) as channel,
     ):
-        try:
-            yield Contender(name, server, pb_grpc.GRPCInferenceServiceStub(channel))
-        finally:
-            # A frozen server ignores SIGTERM until thawed: always leave it running.
-            server.signal_tree(signal.SIGCONT)
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        target = Target(server.address, model, shape=PayloadShape(rows=rows), seed=rows)
+        yield Contender(name, server, stub, await build_request(stub, target))
+
+
+@dataclass(frozen=True, slots=True)
+class Windows:
+    """Per window, both servers: requests/s and CPU cores used."""
+
+    on_rate: list[float]
+    off_rate: list[float]
+    on_cpu: list[float]
+    off_cpu: list[float]
+    parts: dict[str, dict[str, float]]
+    """Median cores per part of each server ("on"/"off" -> loop, python, native, children)."""
+
+    @staticmethod
+    def pooled(runs: list[Windows]) -> Windows:
+        def joined(field: str) -> list[float]:
+            return [value for r in runs for value in getattr(r, field)]
+
+        return Windows(
+            on_rate=joined("on_rate"),
+            off_rate=joined("off_rate"),
+            on_cpu=joined("on_cpu"),
+            off_cpu=joined("off_cpu"),
+            parts={
+                name: {k: statistics.mean(r.parts[name][k] for r in runs) for k in parts}
+                for name, parts in runs[0].parts.items()
+            },
+        )
+
+    def per_cpu_ratios(self) -> list[float]:
+        return [
+            (on / on_cpu) / (off / off_cpu)
+            for on, off, on_cpu, off_cpu in zip(
+                self.on_rate, self.off_rate, self.on_cpu, self.off_cpu, strict=True
+            )
+        ]
+
+    def rate_ratios(self) -> list[float]:
+        return [on / off for on, off in zip(self.on_rate, self.off_rate, strict=True)]
 
 
 async def compare(
-    demo_dir: Path, case: tuple[str, str, int, int], args: argparse.Namespace
-) -> dict[str, list[tuple[float, float]]]:
-    model, input_name, width, rows = case
+    demo_dir: Path, case: tuple[str, int], args: argparse.Namespace, on_first: bool
+) -> Windows:
     core = 0 if args.pinned else None
-    request = fp32_request(model, input_name, rows, width, seed=rows)
+    specs = [("on", tuple(args.on_args)), ("off", tuple(args.off.split()))]
+    if not on_first:
+        specs.reverse()
     async with (
-        contender("on", demo_dir, core, tuple(args.on_args)) as on,
-        contender("off", demo_dir, core, tuple(args.off.split())) as off,
+        contender(*specs[0], case, demo_dir, core) as first,
+        contender(*specs[1], case, demo_dir, core) as second,
     ):
-        for c in (on, off):  # both answer before anything is measured
-            if not (await c.stub.ModelInfer(request, timeout=30)).raw_output_contents:
-                raise RuntimeError(f"{model} answered without outputs")
-        runs: dict[str, list[tuple[float, float]]] = {"on": [], "off": []}
-        for pair in range(args.pairs):
-            # Alternate which goes first, so neither always follows the other.
-            order = (on, off) if pair % 2 == 0 else (off, on)
-            for current, other in (order, order[::-1]):
-                other.freeze()
-                current.thaw()
-                rate, cpu_us = await current.measure(request, args)
-                runs[current.name].append((rate, cpu_us))
-                print(
-                    f"... {model} {current.name}: {rate:.1f} req/s, {cpu_us:.0f} µs CPU/req",
-                    file=sys.stderr,
-                )
-        on.thaw()
-        off.thaw()
-    return runs
+        # Started together, the two loads' windows cover the same stretches of time.
+        measured = dict(
+            zip(
+                (first.name, second.name),
+                await asyncio.gather(first.load(args), second.load(args)),
+                strict=True,
+            )
+        )
+    for name, m in measured.items():
+        if m.errors:
+            raise RuntimeError(f"{case[0]} {name}: {m.errors} failed calls: {m.error_messages}")
+    on, off = measured["on"].windows, measured["off"].windows
+    return Windows(
+        on_rate=[w.requests_per_s for w in on],
+        off_rate=[w.requests_per_s for w in off],
+        on_cpu=[w.cpu_cores["server"] for w in on],
+        off_cpu=[w.cpu_cores["server"] for w in off],
+        parts={name: cpu_parts(m) for name, m in measured.items()},
+    )
+
+
+def cpu_parts(m: Measurement) -> dict[str, float]:
+    labels = [k for k in m.windows[0].cpu_cores if k.startswith("server:")]
+    return {
+        label.removeprefix("server:"): statistics.median(w.cpu_cores[label] for w in m.windows)
+        for label in labels
+    }
 
 
 def spread(values: list[float]) -> str:
@@ -122,10 +166,10 @@ def spread(values: list[float]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=12, help="on/off window pairs per model")
-    parser.add_argument("--window-s", type=float, default=2.0)
-    parser.add_argument("--warmup-s", type=float, default=0.5, help="before each window")
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--windows", type=int, default=20, help="windows per half (two per model)")
+    parser.add_argument("--window-s", type=float, default=1.0)
+    parser.add_argument("--warmup-s", type=float, default=2.0)
+    parser.add_argument("--concurrency", type=int, default=32, help="in flight, per server")
     parser.add_argument("--off", default="--metering-enabled false", help="'off' server flags")
     parser.add_argument("--models", default=",".join(c[0] for c in CASES), help="comma-separated")
     parser.add_argument("on_args", nargs="*", help="extra `wattserve serve` flags for 'on'")
@@ -134,31 +178,35 @@ def main() -> int:
     if args.pinned:
         os.sched_setaffinity(0, {1})
     print(
-        f"# meter on ÷ off, {args.concurrency} in flight, {args.pairs} pairs of "
-        f"{args.warmup_s:g} s + {args.window_s:g} s windows; server pinned: {args.pinned}; "
+        f"# meter on ÷ off, side by side on one core: {args.concurrency} in flight each, "
+        f"2 x {args.windows} windows of {args.window_s:g} s after {args.warmup_s:g} s; "
+        f"servers pinned to core 0: {args.pinned}; "
         f"on = `wattserve serve {' '.join(args.on_args)}`, off = `wattserve serve {args.off}`"
     )
     with tempfile.TemporaryDirectory() as tmp:
         demo_dir = Path(tmp) / "demo"
         print(
-            "| model | rows/request | on req/s | off req/s | on ÷ off, throughput: median "
-            "(quartiles) | on CPU µs/req | off CPU µs/req | off ÷ on, CPU per request |"
+            "| model | rows/request | on ÷ off, requests per CPU-second: median (quartiles) "
+            "| on req/s | off req/s | on ÷ off, req/s | core share on / off |"
         )
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for case in (c for c in CASES if c[0] in args.models.split(",")):
-            runs = asyncio.run(compare(demo_dir, case, args))
-            pairs = list(zip(runs["on"], runs["off"], strict=True))
-            rate_ratios = [on[0] / off[0] for on, off in pairs]
-            cpu_ratios = [off[1] / on[1] for on, off in pairs]
+            # Two halves, each server first in one: whatever favours the first-started server
+            # or the first-scheduled load cancels out.
+            halves = [
+                asyncio.run(compare(demo_dir, case, args, on_first)) for on_first in (True, False)
+            ]
+            w = Windows.pooled(halves)
             print(
-                f"| {case[0]} | {case[3]} "
-                f"| {statistics.median(r for r, _ in runs['on']):.1f} "
-                f"| {statistics.median(r for r, _ in runs['off']):.1f} "
-                f"| {spread(rate_ratios)} "
-                f"| {statistics.median(c for _, c in runs['on']):.0f} "
-                f"| {statistics.median(c for _, c in runs['off']):.0f} "
-                f"| {spread(cpu_ratios)} |"
+                f"| {case[0]} | {case[1]} | {spread(w.per_cpu_ratios())} "
+                f"| {statistics.median(w.on_rate):.1f} | {statistics.median(w.off_rate):.1f} "
+                f"| {spread(w.rate_ratios())} "
+                f"| {statistics.median(w.on_cpu):.2f} / {statistics.median(w.off_cpu):.2f} |",
+                flush=True,
             )
+            for name, parts in w.parts.items():
+                where = ", ".join(f"{part} {cores:.3f}" for part, cores in parts.items())
+                print(f"#   {case[0]} {name}: cores by part: {where}", flush=True)
     return 0
 
 
