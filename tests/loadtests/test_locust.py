@@ -1,0 +1,134 @@
+"""The Locust suites in loadtests/, run for real (headless, local and `--processes 2`) against a
+real server over loopback; judged by their exit code, their outputs and what the server saw."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import grpc
+import pytest
+
+from tests.support import run_server
+from wattserve.protocol import pb, pb_grpc
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCUST = [sys.executable, "-m", "locust", "--headless", "--loglevel", "WARNING"]
+SMOKE = f"{ROOT}/loadtests/locustfile.py,{ROOT}/loadtests/shapes/smoke.py"
+
+
+def locust(address: str, tmp_path: Path, *args: str) -> tuple[int, str, dict[str, Any]]:
+    summary = tmp_path / "summary.json"
+    done = subprocess.run(
+        [*LOCUST, "-f", SMOKE, "-H", address, "--summary-json", str(summary), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,  # the suites must not depend on the working directory
+    )
+    output = done.stdout + done.stderr
+    assert summary.exists(), output
+    return done.returncode, output, json.loads(summary.read_text())
+
+
+def load_module(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "loadtests" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fine_latencies_resolve_sub_millisecond_percentiles_and_merge() -> None:
+    latency = load_module("latency")
+    worker_a, worker_b, master = latency.Latencies(), latency.Latencies(), latency.Latencies()
+    for us in range(1, 1001):  # 1 µs .. 1 ms, split between two workers
+        (worker_a if us % 2 else worker_b).add("m", us * 1000, ok=True)
+    worker_b.add("m", 5_000, ok=False)
+    for worker in (worker_a, worker_b):
+        master.merge(json.loads(json.dumps(worker.drain())))  # as shipped: plain JSON types
+    assert worker_a.successes("m") == 0  # drained
+    assert master.successes("m") == 1000 and master.failures["m"] == 1
+    for p, exact_ms in ((50, 0.5), (95, 0.95), (99, 0.99)):
+        assert master.percentile_ms("m", p) == pytest.approx(exact_ms, rel=0.006)
+        assert master.percentile_ms(latency.TOTAL, p) == master.percentile_ms("m", p)
+    assert master.percentile_ms("other", 50) is None
+
+
+def test_smoke_suite_passes_and_the_server_saw_its_mix_of_models_and_tenants(
+    demo_repository: Path, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.sqlite"
+    with run_server("--demo-dir", str(demo_repository), "--ledger-path", str(ledger)) as server:
+        code, output, summary = locust(
+            server.address, tmp_path, "--smoke-s", "12", "--smoke-users", "4",
+            "--models", "tabular_classifier:3,dense:1", "--tenants", "acme:3,globex:1",
+            "--slo-p99-ms", "2000", "--min-rps", "5", "--csv", "run", "--html", "run.html",
+        )  # fmt: skip
+        with grpc.insecure_channel(server.address) as channel:
+            stats = pb_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
+                pb.ModelStatisticsRequest()
+            )
+    assert code == 0, output
+    assert summary["passed"] and not summary["distributed"]
+    assert "wattserve gates: PASS" in output
+    calls = summary["calls"]
+    assert set(calls) == {"ModelInfer/tabular_classifier", "ModelInfer/dense", "Aggregated"}
+    for row in calls.values():
+        assert row["failures"] == 0 and row["successes_timed"] == row["requests"] > 0
+        assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] < 2000
+    tabular, dense = calls["ModelInfer/tabular_classifier"], calls["ModelInfer/dense"]
+    assert 0.70 < tabular["requests"] / (tabular["requests"] + dense["requests"]) < 0.80
+
+    # The server ran every call Locust counted, and at most one more per user that was cut off
+    # when the run stopped.
+    served = {s.name: s.inference_count for s in stats.model_stats}
+    for model in ("tabular_classifier", "dense"):
+        counted = calls[f"ModelInfer/{model}"]["requests"]
+        assert counted <= served[model] <= counted + 4
+    assert served["text_classifier"] == 0
+
+    # Each call carried its tenant: the meter's ledger splits them 3 to 1.
+    report = subprocess.run(
+        [sys.executable, "-m", "wattserve", "report", "--ledger", str(ledger), "--by", "tenant",
+         "--format", "json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    by_tenant = {g["tenant"]: g["requests"] for g in json.loads(report.stdout)["groups"]}
+    assert set(by_tenant) == {"acme", "globex"}
+    assert 0.70 < by_tenant["acme"] / sum(by_tenant.values()) < 0.80
+
+    # Locust's own outputs: CSV with a row per call name, and the HTML report.
+    rows = {r["Name"]: r for r in csv.DictReader((tmp_path / "run_stats.csv").open())}
+    assert int(rows["ModelInfer/dense"]["Request Count"]) == dense["requests"]
+    assert "ModelInfer/tabular_classifier" in (tmp_path / "run.html").read_text()
+
+
+# (The passing local run is the smoke test above.)
+@pytest.mark.parametrize(
+    ("processes", "slo_p99_ms", "expected"), [(1, "0.001", 1), (2, "0.001", 1), (2, "2000", 0)]
+)
+def test_gates_decide_the_exit_code_also_in_distributed_runs(
+    address: str, tmp_path: Path, processes: int, slo_p99_ms: str, expected: int
+) -> None:
+    extra = ["--processes", str(processes)] if processes > 1 else []
+    code, output, summary = locust(
+        address, tmp_path, "--smoke-s", "5", "--models", "tabular_classifier",
+        "--slo-p99-ms", slo_p99_ms, *extra,
+    )  # fmt: skip
+    assert code == expected, output
+    assert summary["distributed"] is (processes > 1)
+    gate = next(g for g in summary["gates"] if g["name"].startswith("p99"))
+    assert gate["limit"] == float(slo_p99_ms) and gate["passed"] is (expected == 0)
+    assert f"gate p99 latency, ms: {gate['measured']:.4g}" in output
+    total = summary["calls"]["Aggregated"]
+    # Every call the workers made reached the master's fine latencies.
+    assert total["requests"] > 0 and total["successes_timed"] == total["requests"]
+    assert math.isclose(gate["measured"], total["p99_ms"])
