@@ -78,6 +78,17 @@ def _process_cpu(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+def steal_counter() -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs from /proc/stat: a VM's time taken by its host."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[7] if len(fields) > 7 else 0, sum(fields[:8])
+
+
+def steal_since(start: tuple[int, int]) -> float:
+    steal, total = steal_counter()
+    return (steal - start[0]) / max(total - start[1], 1)
+
+
 @dataclass(frozen=True, slots=True)
 class ServerProcess:
     process: asyncio.subprocess.Process

@@ -45,7 +45,7 @@ from _loadgen import (
     run_closed_loop,
 )
 from _ort import OrtPoint
-from _server import serving
+from _server import serving, steal_counter, steal_since
 
 from wattserve.protocol import pb, pb_grpc
 
@@ -148,17 +148,6 @@ def build_demo(demo_dir: Path) -> Path:
         stdout=subprocess.DEVNULL,
     )
     return demo_dir / MODEL / "1" / "model.onnx"
-
-
-def steal_counter() -> tuple[int, int]:
-    """(steal, total) jiffies of all CPUs from /proc/stat: a VM's time taken by its host."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return fields[7] if len(fields) > 7 else 0, sum(fields[:8])
-
-
-def steal_since(start: tuple[int, int]) -> float:
-    steal, total = steal_counter()
-    return (steal - start[0]) / max(total - start[1], 1)
 
 
 async def serve_and_load(
