@@ -105,9 +105,12 @@ def test_smoke_suite_passes_and_the_server_saw_its_mix_of_models_and_tenants(
     assert set(by_tenant) == {"acme", "globex"}
     assert 0.70 < by_tenant["acme"] / sum(by_tenant.values()) < 0.80
 
-    # Locust's own outputs: CSV with a row per call name, and the HTML report.
+    # Locust's own outputs: CSV with a row per call name, and the HTML report. Locust writes its
+    # last CSV as the users stop, before the final summary: a call finishing meanwhile is in one.
     rows = {r["Name"]: r for r in csv.DictReader((tmp_path / "run_stats.csv").open())}
-    assert int(rows["ModelInfer/dense"]["Request Count"]) == dense["requests"]
+    for model, row in (("tabular_classifier", tabular), ("dense", dense)):
+        in_csv = int(rows[f"ModelInfer/{model}"]["Request Count"])
+        assert row["requests"] - 4 <= in_csv <= row["requests"]
     assert "ModelInfer/tabular_classifier" in (tmp_path / "run.html").read_text()
 
 
