@@ -1,29 +1,24 @@
-"""Closed-loop gRPC load generator: a fixed number of ModelInfer calls always in flight.
+"""The benchmarks' requests and their closed-loop run, on top of `wattserve_client.loadgen`.
 
-Each of `concurrency` workers sends the same prebuilt request, waits for the answer and sends it
-again, so exactly `concurrency` requests are outstanding at any moment. Only calls that complete
-inside the measurement window (after the warm-up) count; each one's latency is kept in
-nanoseconds. Any failed call stops the run: a throughput figure with errors in it means nothing.
+The loop itself is the sweep's (`closed_loop`): `concurrency` copies of one prebuilt request always
+in flight, calls completing inside the window after the warm-up counted, latencies in nanoseconds.
+Here a run is one window, and any failed call fails it: a throughput figure with errors in it
+means nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
 import numpy as np
 
 from wattserve.protocol import pb, pb_grpc
+from wattserve_client.loadgen import CpuProbe, Schedule, closed_loop
 
 # Generous: under a closed loop a healthy call takes milliseconds; a hung server must not hang us.
 CALL_TIMEOUT_S = 30.0
-
-CpuProbe = Callable[[], Mapping[str, float]]
-"""CPU seconds consumed so far, per label (a process, a group of threads); read at the window
-edges. A label missing at the start counts from zero."""
 
 
 class LoadError(RuntimeError):
@@ -74,18 +69,6 @@ async def batch_counts(stub: pb_grpc.GRPCInferenceServiceStub, model: str) -> tu
 
 
 @dataclass(frozen=True, slots=True)
-class Window:
-    """The measurement window on the perf_counter_ns clock: [start_ns, end_ns)."""
-
-    start_ns: int
-    end_ns: int
-
-    @property
-    def seconds(self) -> float:
-        return (self.end_ns - self.start_ns) / 1e9
-
-
-@dataclass(frozen=True, slots=True)
 class LoadResult:
     """What one closed-loop run measured inside its window."""
 
@@ -122,24 +105,25 @@ async def run_closed_loop(
     duration_s: float,
     cpu_probes: Sequence[CpuProbe],
 ) -> LoadResult:
-    """Keep `concurrency` copies of `request` in flight for warm-up + window; measure the window."""
-    start_ns = time.perf_counter_ns() + round(warmup_s * 1e9)
-    window = Window(start_ns, start_ns + round(duration_s * 1e9))
-    try:
-        async with asyncio.TaskGroup() as group:
-            workers = [
-                group.create_task(_worker(stub, request, window)) for _ in range(concurrency)
-            ]
-            cpu = group.create_task(_cpu_cores(window, cpu_probes))
-    except ExceptionGroup as failed:
-        raise LoadError(f"the run stopped: {failed.exceptions[0]}") from failed
-    latencies = np.fromiter((ns for w in workers for ns in w.result()), dtype=np.int64)
+    """Keep `concurrency` copies of `request` in flight for warm-up + one window
+    (`wattserve_client.loadgen.closed_loop`, the sweep's loop); any failed call fails the run."""
+    measured = await closed_loop(
+        stub,
+        request,
+        concurrency=concurrency,
+        schedule=Schedule(warmup_s, duration_s, min_windows=1, max_windows=1),
+        cpu_probes=cpu_probes,
+    )
+    if measured.errors:
+        first = next(iter(measured.error_messages), "?")
+        raise LoadError(f"the run stopped: {measured.errors} call(s) failed, first: {first}")
+    window = measured.windows[0]
     return LoadResult(
         rows_per_request=request.inputs[0].shape[0],
         concurrency=concurrency,
         window_s=window.seconds,
-        latencies_ns=latencies,
-        cpu_cores=cpu.result(),
+        latencies_ns=window.latencies_ns,
+        cpu_cores=window.cpu_cores,
     )
 
 
@@ -150,32 +134,3 @@ async def _call(
         return await stub.ModelInfer(request, timeout=CALL_TIMEOUT_S)
     except grpc.aio.AioRpcError as exc:
         raise LoadError(f"ModelInfer failed: {exc.code().name}: {exc.details()}") from exc
-
-
-async def _worker(
-    stub: pb_grpc.GRPCInferenceServiceStub, request: pb.ModelInferRequest, window: Window
-) -> list[int]:
-    latencies: list[int] = []
-    while (sent := time.perf_counter_ns()) < window.end_ns:
-        await _call(stub, request)
-        done = time.perf_counter_ns()
-        if window.start_ns <= done < window.end_ns:
-            latencies.append(done - sent)
-    return latencies
-
-
-async def _sleep_until(deadline_ns: int) -> None:
-    await asyncio.sleep(max(0, deadline_ns - time.perf_counter_ns()) / 1e9)
-
-
-async def _cpu_cores(window: Window, probes: Sequence[CpuProbe]) -> dict[str, float]:
-    """Each label's CPU time over the window, divided by the wall time actually sampled."""
-    await _sleep_until(window.start_ns)
-    before_ns, before = time.perf_counter_ns(), _read(probes)
-    await _sleep_until(window.end_ns)
-    wall_s = (time.perf_counter_ns() - before_ns) / 1e9
-    return {label: (s - before.get(label, 0.0)) / wall_s for label, s in _read(probes).items()}
-
-
-def _read(probes: Sequence[CpuProbe]) -> dict[str, float]:
-    return {label: seconds for probe in probes for label, seconds in probe().items()}
