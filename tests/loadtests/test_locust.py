@@ -135,3 +135,29 @@ def test_gates_decide_the_exit_code_also_in_distributed_runs(
     # Every call the workers made reached the master's fine latencies.
     assert total["requests"] > 0 and total["successes_timed"] == total["requests"]
     assert math.isclose(gate["measured"], total["p99_ms"])
+
+
+@pytest.mark.parametrize(
+    ("shape", "settings", "peak_users"),
+    [
+        ("step", ["--step-users", "2", "--step-s", "2", "--steps", "3"], 6),
+        ("spike", ["--spike-base-users", "1", "--spike-users", "5", "--spike-at-s", "2",
+                   "--spike-hold-s", "2", "--spike-after-s", "2"], 5),
+        ("soak", ["--soak-users", "3", "--soak-ramp-s", "1", "--soak-s", "4"], 3),
+    ],
+)  # fmt: skip
+def test_each_load_shape_runs_its_users_and_stops_by_itself(
+    address: str, tmp_path: Path, shape: str, settings: list[str], peak_users: int
+) -> None:
+    files = f"{ROOT}/loadtests/locustfile.py,{ROOT}/loadtests/shapes/{shape}.py"
+    done = subprocess.run(
+        [*LOCUST, "-f", files, "-H", address, "--models", "tabular_classifier",
+         "--slo-p99-ms", "2000", "--csv", "run", "--csv-full-history", *settings],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    history = list(csv.DictReader((tmp_path / "run_stats_history.csv").open()))
+    users = [int(row["User Count"]) for row in history]
+    assert max(users) == peak_users
+    if shape == "spike":  # back to the base load after the burst
+        assert users[-1] == 1
