@@ -132,27 +132,18 @@ class Windows:
             },
         )
 
-    def per_cpu_ratios(self) -> list[float]:
+    def per_cpu_ratios(self, *, one_core: bool) -> list[float]:
+        """Each window's requests per CPU-second, on ÷ off. With `one_core`, the estimate for a
+        server with a core to itself: its fixed cost per second (`idle`) taken off one whole
+        core, the rest divided by its CPU time per request net of that fixed cost."""
+        on_idle, off_idle = (self.idle["on"], self.idle["off"]) if one_core else (0.0, 0.0)
         return [
-            (on / on_cpu) / (off / off_cpu)
+            ((1 - on_idle) * on / (on_cpu - on_idle))
+            / ((1 - off_idle) * off / (off_cpu - off_idle))
             for on, off, on_cpu, off_cpu in zip(
                 self.on_rate, self.off_rate, self.on_cpu, self.off_cpu, strict=True
             )
         ]
-
-    def one_core_ratios(self) -> list[float]:
-        """Each window's estimate of on ÷ off throughput for a server that has a core to itself:
-        its fixed cost per second (`idle`) taken off one whole core, the rest divided by its CPU
-        time per request net of that fixed cost."""
-        on_idle, off_idle = self.idle["on"], self.idle["off"]
-        ratios = []
-        for on, off, on_cpu, off_cpu in zip(
-            self.on_rate, self.off_rate, self.on_cpu, self.off_cpu, strict=True
-        ):
-            on_per_request = (on_cpu - on_idle) / on
-            off_per_request = (off_cpu - off_idle) / off
-            ratios.append(((1 - on_idle) / on_per_request) / ((1 - off_idle) / off_per_request))
-        return ratios
 
     def rate_ratios(self) -> list[float]:
         return [on / off for on, off in zip(self.on_rate, self.off_rate, strict=True)]
@@ -270,8 +261,8 @@ def main() -> int:
             w = Windows.pooled(halves)
             steal = steal_since(steal_start)
             print(
-                f"| {case[0]} | {case[1]} | {spread(w.one_core_ratios())} "
-                f"| {spread(w.per_cpu_ratios())} | {spread(w.rate_ratios())} "
+                f"| {case[0]} | {case[1]} | {spread(w.per_cpu_ratios(one_core=True))} "
+                f"| {spread(w.per_cpu_ratios(one_core=False))} | {spread(w.rate_ratios())} "
                 f"| {statistics.median(w.on_rate):.1f} / {statistics.median(w.off_rate):.1f} "
                 f"| {statistics.median(w.on_cpu):.3f} / {statistics.median(w.off_cpu):.3f} "
                 f"| {w.idle['on']:.4f} / {w.idle['off']:.4f} "

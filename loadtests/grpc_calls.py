@@ -19,10 +19,9 @@ import grpc
 import grpc.experimental.gevent as grpc_gevent
 from latency import Latencies
 
-grpc_gevent.init_gevent()
+from wattserve_client._request import CHANNEL_OPTIONS
 
-MAX_MESSAGE_BYTES = 2**31 - 1
-"""As tritonclient and wattserve: no 4 MiB surprise on big tensors."""
+grpc_gevent.init_gevent()
 
 
 class Reporter(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
@@ -63,9 +62,6 @@ def channels(address: str, reporter: Reporter) -> tuple[grpc.Channel, grpc.Chann
     plain, for setting up (metadata calls are not part of the load), and one whose unary calls
     all go through `reporter`."""
     target = address.removeprefix("grpc://").rstrip("/")
-    options = [
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ]
-    plain = grpc.insecure_channel(target, options=options)
+    # The client library's message limits (no 4 MiB surprise on big tensors).
+    plain = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
     return plain, grpc.intercept_channel(plain, reporter)

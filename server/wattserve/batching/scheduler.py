@@ -23,7 +23,7 @@ from wattserve.core.config import DynamicBatchingConfig
 from wattserve.core.errors import DeadlineExceeded, ExecutionError, QueueFull, Unavailable
 from wattserve.core.observer import BatchObserver
 from wattserve.core.statistics import ModelStatistics
-from wattserve.core.types import Tensors
+from wattserve.core.types import DEFAULT_TENANT, Tensors
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class DynamicBatcher:
         rows: int,
         shape_key: Hashable,
         deadline: float | None,
-        tenant: str = "default",
+        tenant: str = DEFAULT_TENANT,
     ) -> asyncio.Future[tuple[Tensors, int]]:
         if self._closing:
             raise Unavailable(f"{self.label} {self._refusal}")

@@ -12,7 +12,7 @@ from wattserve.core.datatypes import Datatype
 from wattserve.core.errors import ModelLoadError, ModelNotFound, Unavailable, WattserveError
 from wattserve.core.repository import ModelSource, Repository
 from wattserve.core.statistics import ModelStatistics
-from wattserve.core.types import Signature, Tensors
+from wattserve.core.types import DEFAULT_TENANT, Signature, Tensors
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class Scheduler(Protocol):
         rows: int,
         shape_key: Hashable,
         deadline: float | None,
-        tenant: str = "default",
+        tenant: str = DEFAULT_TENANT,
     ) -> asyncio.Future[tuple[Tensors, int]]: ...
 
     async def close(self) -> None: ...

@@ -11,6 +11,8 @@ from wattserve.core.datatypes import Datatype
 
 Parameter = bool | int | float | str
 Tensors = dict[str, np.ndarray]
+DEFAULT_TENANT = "default"
+"""Who a request is charged to when nothing names a tenant."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +29,7 @@ class InferRequest:
     parameters: Mapping[str, Parameter] = field(default_factory=dict)
     deadline: float | None = None
     """Absolute `time.monotonic()` after which the request is dropped unexecuted."""
-    tenant: str = "default"
+    tenant: str = DEFAULT_TENANT
     """Who the usage is charged to (docs/metering.md)."""
 
 

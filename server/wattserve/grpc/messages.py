@@ -10,7 +10,13 @@ from wattserve.core.dataplane import BACKEND, PLATFORM
 from wattserve.core.errors import InvalidRequest
 from wattserve.core.registry import IndexEntry, ServedModel
 from wattserve.core.statistics import Duration, ModelStatistics
-from wattserve.core.types import InferRequest, InferResponse, Parameter, TensorSpec
+from wattserve.core.types import (
+    DEFAULT_TENANT,
+    InferRequest,
+    InferResponse,
+    Parameter,
+    TensorSpec,
+)
 from wattserve.grpc.tensors import decode_inputs, encode_raw
 from wattserve.protocol import config_pb, pb
 
@@ -28,7 +34,7 @@ def decode_parameters(parameters: Mapping[str, Any]) -> dict[str, Parameter]:
 
 
 def decode_infer_request(
-    message: Any, time_remaining: float | None, tenant: str = "default"
+    message: Any, time_remaining: float | None, tenant: str = DEFAULT_TENANT
 ) -> InferRequest:
     """A ModelInferRequest as the core sees it; `time_remaining` is the gRPC deadline in seconds."""
     parameters = decode_parameters(message.parameters) if message.parameters else {}

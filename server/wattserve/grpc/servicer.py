@@ -12,9 +12,10 @@ import grpc
 
 from wattserve.core.dataplane import DataPlane
 from wattserve.core.errors import InvalidRequest, WattserveError
+from wattserve.core.types import DEFAULT_TENANT
 from wattserve.grpc import messages
 from wattserve.grpc.status import describe, translate_errors
-from wattserve.grpc.tenants import DEFAULT_TENANT, tenant_of
+from wattserve.grpc.tenants import tenant_of
 from wattserve.protocol import pb, pb_grpc
 
 logger = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ import re
 from collections.abc import Iterable
 
 from wattserve.core.errors import InvalidRequest
+from wattserve.core.types import DEFAULT_TENANT
 
 TENANT_HEADER = "x-wattserve-tenant"
-DEFAULT_TENANT = "default"
 _VALID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
