@@ -234,6 +234,9 @@ def main() -> int:
     parser.add_argument("--models", default=",".join(c[0] for c in CASES), help="comma-separated")
     parser.add_argument("on_args", nargs="*", help="extra `wattserve serve` flags for 'on'")
     args = parser.parse_args()
+    unknown = set(args.models.split(",")) - {c[0] for c in CASES}
+    if unknown:
+        parser.error(f"--models: no case for {sorted(unknown)}; cases: {[c[0] for c in CASES]}")
     args.pinned = (os.cpu_count() or 1) >= 2
     if args.pinned:
         os.sched_setaffinity(0, {1})

@@ -62,7 +62,7 @@ class DynamicBatcher:
         observer: BatchObserver | None = None,
     ) -> None:
         self._run = run
-        self._model, self._version = model, version
+        self._key = (model, version)
         self.label = f"model '{model}' version {version}"
         self._observer = observer
         self._max_rows = max(max_batch_size, 1)
@@ -250,10 +250,17 @@ class DynamicBatcher:
     def _observe_start(self, batch: list[Pending], start_ns: int) -> int:
         if self._observer is None:
             return 0
+        if len(batch) == 1:  # the usual case at low load
+            first = batch[0]
+            return self._observer.batch_started(
+                self._key, start_ns, {first.tenant: first.rows}, first.rows
+            )
         tenant_rows: dict[str, int] = {}
         for p in batch:
             tenant_rows[p.tenant] = tenant_rows.get(p.tenant, 0) + p.rows
-        return self._observer.batch_started(self._model, self._version, start_ns, tenant_rows)
+        return self._observer.batch_started(
+            self._key, start_ns, tenant_rows, sum(tenant_rows.values())
+        )
 
     async def close(self) -> None:
         """Stop taking requests, run everything already queued, wait for running batches."""

@@ -27,8 +27,10 @@ class UsageObserver(Protocol):
 
 class BatchObserver(Protocol):
     def batch_started(
-        self, model: str, version: str, start_ns: int, tenant_rows: Mapping[str, int]
+        self, key: tuple[str, str], start_ns: int, tenant_rows: Mapping[str, int], rows: int
     ) -> int:
-        """A batch began running; returns a token for batch_finished."""
+        """A batch of (model, version) `key` began running with `rows` rows, `tenant_rows` of
+        them per tenant; returns a token for batch_finished. Called once per batch: keep it lean.
+        """
 
     def batch_finished(self, token: int, end_ns: int) -> None: ...

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TypeVar
 
@@ -169,87 +169,161 @@ def attribute(
     but every amount (and idle) is None rather than a misleading zero. Raises ValueError for an
     empty or reversed interval.
     """
-    interval_ns = end_ns - start_ns
-    if interval_ns <= 0:
+    if end_ns <= start_ns:
         raise ValueError(f"interval [{start_ns}, {end_ns}) is empty")
-    clipped = [_clip(b, start_ns, end_ns) for b in batches]
-    union_ns = _union_ns(clipped, start_ns)
+    tally = Tally(start_ns)
+    for batch in batches:
+        tally.add(batch, end_ns)
+    return tally.attribute(end_ns, measured)
 
-    # Tenant weights per (model, version). Almost every batch lies wholly inside the interval
-    # and weighs its plain rows, summed as integers; only the few straddling a boundary need an
-    # exact fraction (this loop runs once per batch, a thousand times a second on a fast model).
-    compute_ns: dict[tuple[str, str], int] = {}
-    whole_weights: dict[tuple[str, str], dict[str, int]] = {}
-    part_weights: dict[tuple[str, str], dict[str, Fraction]] = {}
-    tenant_rows: dict[tuple[str, str], dict[str, int]] = {}
-    for batch, (lo, hi) in zip(batches, clipped, strict=True):
+
+@dataclass(slots=True)
+class _ModelTally:
+    """One (model, version)'s batches in an interval, summed."""
+
+    compute_ns: int = 0
+    whole: dict[str, int] = field(default_factory=dict)
+    """Tenant -> rows of batches wholly inside the interval (rule 4's plain rows)."""
+    part: dict[str, Fraction] = field(default_factory=dict)
+    """Tenant -> rows x the fraction of a straddling batch's duration inside the interval."""
+    rows: dict[str, int] = field(default_factory=dict)
+    """Tenant -> rows of batches that ended in the interval (rule 5)."""
+    batches: dict[str, int] = field(default_factory=dict)
+    """Tenant -> batches that ended in the interval holding rows of this tenant."""
+
+
+class Tally:
+    """One interval's batches, summed as they are added, so that attributing costs O(keys).
+
+    ``attribute()`` builds one from a list of batches; the meter's recorder adds each batch as it
+    finishes, through ``add_inside`` when it lies wholly inside the interval (integers only: the
+    hot path on a fast model) and through ``add`` otherwise. The rules are the module's.
+    """
+
+    def __init__(self, start_ns: int) -> None:
+        self.start_ns = start_ns
+        self._ranges: list[tuple[int, int]] = []
+        self._models: dict[tuple[str, str], _ModelTally] = {}
+
+    def _model(self, model: str, version: str) -> _ModelTally:
+        tally = self._models.get((model, version))
+        if tally is None:
+            tally = self._models[(model, version)] = _ModelTally()
+        return tally
+
+    def batches_ended(self) -> dict[tuple[str, str, str], int]:
+        """(model, version, tenant) -> batches ending in the interval that held its rows."""
+        return {
+            (*key, tenant): n
+            for key, tally in self._models.items()
+            for tenant, n in tally.batches.items()
+        }
+
+    def add_inside(
+        self,
+        key: tuple[str, str],
+        start_ns: int,
+        end_ns: int,
+        tenant_rows: Mapping[str, int],
+        rows: int,
+    ) -> None:
+        """A batch of (model, version) ``key`` and ``rows`` rows in all that the caller knows to
+        lie inside the interval: ``start_ns >= self.start_ns``, ``end_ns`` no later than its end.
+        """
+        tally = self._models.get(key)
+        if tally is None:
+            tally = self._models[key] = _ModelTally()
+        duration_ns = end_ns - start_ns
+        if duration_ns:
+            self._ranges.append((start_ns, end_ns))
+            tally.compute_ns += duration_ns
+        elif end_ns == self.start_ns:
+            return  # an empty batch at the very start ended in the interval before
+        whole, ended, batches = tally.whole, tally.rows, tally.batches
+        for tenant, n in tenant_rows.items():
+            whole[tenant] = whole.get(tenant, 0) + ((n if rows else 1) if duration_ns else 0)
+            ended[tenant] = ended.get(tenant, 0) + n
+            batches[tenant] = batches.get(tenant, 0) + 1
+
+    def add(self, batch: Batch, end_ns: int, *, running: bool = False) -> None:
+        """Any batch, clipped to ``[self.start_ns, end_ns)``. ``running``: a batch cut at the
+        interval's end that is still computing; its rows count where it really ends."""
+        lo, hi = max(batch.start_ns, self.start_ns), min(batch.end_ns, end_ns)
         clipped_ns = hi - lo if hi > lo else 0
-        ends_here = start_ns < batch.end_ns <= end_ns
+        ends_here = not running and self.start_ns < batch.end_ns <= end_ns
         if not clipped_ns and not ends_here:
-            continue
-        key = (batch.model, batch.version)
-        compute_ns[key] = compute_ns.get(key, 0) + clipped_ns
-        key_whole = whole_weights.setdefault(key, {})
-        key_rows = tenant_rows.setdefault(key, {})
+            return
+        tally = self._model(batch.model, batch.version)
+        if clipped_ns:
+            self._ranges.append((lo, hi))
+            tally.compute_ns += clipped_ns
         duration_ns = batch.end_ns - batch.start_ns
         no_rows = not any(batch.tenant_rows.values())
         for tenant, n in batch.tenant_rows.items():
             weight = 1 if no_rows else n
             if clipped_ns == duration_ns:  # wholly inside (or empty, weighing nothing)
-                key_whole[tenant] = key_whole.get(tenant, 0) + (weight if clipped_ns else 0)
+                tally.whole[tenant] = tally.whole.get(tenant, 0) + (weight if clipped_ns else 0)
             else:  # 0 < clipped_ns < duration_ns: its share of the batch's duration
-                key_part = part_weights.setdefault(key, {})
-                key_part[tenant] = key_part.get(tenant, 0) + Fraction(
+                tally.part[tenant] = tally.part.get(tenant, 0) + Fraction(
                     weight * clipped_ns, duration_ns
                 )
-                key_whole.setdefault(tenant, 0)
-            key_rows[tenant] = key_rows.get(tenant, 0) + (n if ends_here else 0)
-    tenant_weights: dict[tuple[str, str], dict[str, Weight]] = {
-        key: {t: w + part_weights.get(key, {}).get(t, 0) for t, w in whole.items()}
-        for key, whole in whole_weights.items()
-    }
+                tally.whole.setdefault(tenant, 0)
+            tally.rows[tenant] = tally.rows.get(tenant, 0) + (n if ends_here else 0)
+            if ends_here:
+                tally.batches[tenant] = tally.batches.get(tenant, 0) + 1
 
-    models = sorted(compute_ns)
-    model_parts: dict[tuple[str, str], Measured] | None = None
-    idle: Measured | None = None
-    if measured is not None:
-        attributed = Measured(
-            measured.energy_uj * union_ns // interval_ns,
-            measured.carbon_ug * union_ns // interval_ns,
-            measured.cost_nanos * union_ns // interval_ns,
-        )
-        idle = Measured(
-            measured.energy_uj - attributed.energy_uj,
-            measured.carbon_ug - attributed.carbon_ug,
-            measured.cost_nanos - attributed.cost_nanos,
-        )
-        # A positive attributed amount needs union_ns > 0, hence a model with compute: no split
-        # below ever has a positive total and only zero weights.
-        model_parts = _split_measured(attributed, {key: compute_ns[key] for key in models})
-
-    shares: list[Share] = []
-    for key in models:
-        tenants = sorted(tenant_weights[key])
-        weights = {tenant: tenant_weights[key][tenant] for tenant in tenants}
-        compute_parts = split(compute_ns[key], weights)
-        tenant_parts = (
-            _split_measured(model_parts[key], weights) if model_parts is not None else None
-        )
-        for tenant in tenants:
-            rows = tenant_rows[key][tenant]
-            if not weights[tenant] and not rows:
-                continue  # no rows ending here and no compute weight: nothing to report
-            part = tenant_parts[tenant] if tenant_parts is not None else None
-            shares.append(
-                Share(
-                    model=key[0],
-                    version=key[1],
-                    tenant=tenant,
-                    compute_ns=compute_parts[tenant],
-                    rows=rows,
-                    energy_uj=part.energy_uj if part is not None else None,
-                    carbon_ug=part.carbon_ug if part is not None else None,
-                    cost_nanos=part.cost_nanos if part is not None else None,
-                )
+    def attribute(self, end_ns: int, measured: Measured | None) -> Attribution:
+        """Split ``measured`` (None: no energy data) for the interval ending at ``end_ns``."""
+        interval_ns = end_ns - self.start_ns
+        if interval_ns <= 0:
+            raise ValueError(f"interval [{self.start_ns}, {end_ns}) is empty")
+        union_ns = _union_ns(self._ranges, self.start_ns)
+        models = sorted(self._models)
+        model_parts: dict[tuple[str, str], Measured] | None = None
+        idle: Measured | None = None
+        if measured is not None:
+            attributed = Measured(
+                measured.energy_uj * union_ns // interval_ns,
+                measured.carbon_ug * union_ns // interval_ns,
+                measured.cost_nanos * union_ns // interval_ns,
             )
-    return Attribution(busy_fraction=union_ns / interval_ns, shares=tuple(shares), idle=idle)
+            idle = Measured(
+                measured.energy_uj - attributed.energy_uj,
+                measured.carbon_ug - attributed.carbon_ug,
+                measured.cost_nanos - attributed.cost_nanos,
+            )
+            # A positive attributed amount needs union_ns > 0, hence a model with compute: no
+            # split below ever has a positive total and only zero weights.
+            model_parts = _split_measured(
+                attributed, {key: self._models[key].compute_ns for key in models}
+            )
+
+        shares: list[Share] = []
+        for key in models:
+            tally = self._models[key]
+            tenants = sorted(tally.whole)
+            weights: dict[str, Weight] = {
+                tenant: tally.whole[tenant] + tally.part.get(tenant, 0) for tenant in tenants
+            }
+            compute_parts = split(tally.compute_ns, weights)
+            tenant_parts = (
+                _split_measured(model_parts[key], weights) if model_parts is not None else None
+            )
+            for tenant in tenants:
+                rows = tally.rows[tenant]
+                if not weights[tenant] and not rows:
+                    continue  # no rows ending here and no compute weight: nothing to report
+                part = tenant_parts[tenant] if tenant_parts is not None else None
+                shares.append(
+                    Share(
+                        model=key[0],
+                        version=key[1],
+                        tenant=tenant,
+                        compute_ns=compute_parts[tenant],
+                        rows=rows,
+                        energy_uj=part.energy_uj if part is not None else None,
+                        carbon_ug=part.carbon_ug if part is not None else None,
+                        cost_nanos=part.cost_nanos if part is not None else None,
+                    )
+                )
+        return Attribution(busy_fraction=union_ns / interval_ns, shares=tuple(shares), idle=idle)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from wattserve.core.types import Parameter
 from wattserve.metering import ledger
-from wattserve.metering.attribution import Measured, attribute
+from wattserve.metering.attribution import Measured
 from wattserve.metering.energy import EnergyReading, EnergySettings
 from wattserve.metering.energy_process import EnergyProcess
 from wattserve.metering.hardware import HardwareSample, HardwareSampler
@@ -169,7 +169,7 @@ class Meter:
         end_ms = time.time_ns() // 1_000_000
         usage = self.recorder.close(end_ns)
         measured = self._measured(reading, (end_ns - usage.start_ns) / 1e9)
-        result = attribute(usage.batches + usage.running, usage.start_ns, end_ns, measured)
+        result = usage.tally.attribute(end_ns, measured)
         rows = []
         shares = {(s.model, s.version, s.tenant): s for s in result.shares}
         for key in sorted(usage.totals.keys() | shares.keys()):
@@ -275,14 +275,10 @@ class Meter:
             self.histograms["queue"][(model, version)].add(entry.queue_ns, scale=1e-9)
             for code, count in entry.failures.items():
                 self.failures[(model, version, code)] += count
-        compute: dict[ModelKey, list[int]] = defaultdict(list)
-        batch_rows: dict[ModelKey, list[int]] = defaultdict(list)
-        for batch in usage.batches:
-            compute[(batch.model, batch.version)].append(batch.end_ns - batch.start_ns)
-            batch_rows[(batch.model, batch.version)].append(sum(batch.tenant_rows.values()))
-        for key, durations in compute.items():
-            self.histograms["compute"][key].add(durations, scale=1e-9)
-            self.histograms["batch_rows"][key].add(batch_rows[key])
+        for key, samples in usage.batches.items():
+            compute_ns, batch_rows = zip(*samples, strict=True)
+            self.histograms["compute"][key].add(compute_ns, scale=1e-9)
+            self.histograms["batch_rows"][key].add(batch_rows)
 
     def response_parameters(self, model: str, version: str, rows: int) -> dict[str, Parameter]:
         """Figures for one response, under the wattserve_ prefix (docs/metering.md)."""

@@ -1,5 +1,9 @@
 """The hot-path seam of the meter: batches and requests are added to per-key accumulators, which
-the meter takes over once per interval."""
+the meter takes over once per interval.
+
+Everything here runs on the event loop once per batch or request, so it only adds numbers: a
+finished batch goes straight into the interval's attribution ``Tally`` (integers, no objects), and
+closing an interval costs O(keys), not O(batches)."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from wattserve.metering.attribution import Batch
+from wattserve.metering.attribution import Batch, Tally
 
 ModelKey = tuple[str, str]
 """(model, version)"""
@@ -39,10 +43,11 @@ class IntervalUsage:
 
     start_ns: int
     end_ns: int
-    batches: list[Batch]
-    """Batches that finished in the interval (whole: attribution clips them to the interval)."""
-    running: list[Batch]
-    """Batches still running at `end_ns`, cut there; they come back whole when they finish."""
+    tally: Tally
+    """Batches clipped to the interval, running ones cut at ``end_ns`` (they come back, whole,
+    when they finish, and are clipped to the interval they finish in)."""
+    batches: dict[ModelKey, list[tuple[int, int]]]
+    """(compute ns, rows) of every batch that finished in the interval, for the histograms."""
     totals: dict[UsageKey, RequestTotals]
 
 
@@ -50,28 +55,36 @@ class UsageRecorder:
     """Called by the batcher and the data plane on the event loop (one thread, no locks)."""
 
     def __init__(self, start_ns: int) -> None:
-        self._start_ns = start_ns
-        self._batches: list[Batch] = []
+        self._tally = Tally(start_ns)
+        self._batches: dict[ModelKey, list[tuple[int, int]]] = {}
         self._totals: dict[UsageKey, RequestTotals] = {}
-        self._running: dict[int, tuple[str, str, int, Mapping[str, int]]] = {}
+        self._running: dict[int, tuple[ModelKey, int, Mapping[str, int], int]] = {}
         self._tokens = itertools.count()
 
     def reset(self, start_ns: int) -> None:
         """Forget anything recorded so far; the first interval starts at start_ns."""
-        self._start_ns = start_ns
-        self._batches.clear()
-        self._totals.clear()
+        self._tally = Tally(start_ns)
+        self._batches = {}
+        self._totals = {}
 
     def batch_started(
-        self, model: str, version: str, start_ns: int, tenant_rows: Mapping[str, int]
+        self, key: ModelKey, start_ns: int, tenant_rows: Mapping[str, int], rows: int
     ) -> int:
         token = next(self._tokens)
-        self._running[token] = (model, version, start_ns, tenant_rows)
+        self._running[token] = (key, start_ns, tenant_rows, rows)
         return token
 
     def batch_finished(self, token: int, end_ns: int) -> None:
-        model, version, start_ns, tenant_rows = self._running.pop(token)
-        self._batches.append(Batch(model, version, start_ns, end_ns, tenant_rows))
+        key, start_ns, tenant_rows, rows = self._running.pop(token)
+        tally = self._tally
+        if start_ns >= tally.start_ns:
+            tally.add_inside(key, start_ns, end_ns, tenant_rows, rows)
+        else:  # it started in an earlier interval
+            tally.add(Batch(*key, start_ns, end_ns, tenant_rows), end_ns)
+        samples = self._batches.get(key)
+        if samples is None:
+            samples = self._batches[key] = []
+        samples.append((end_ns - start_ns, rows))
 
     def request(
         self,
@@ -98,22 +111,15 @@ class UsageRecorder:
             totals.queue_ns.append(queue_ns)
 
     def close(self, end_ns: int) -> IntervalUsage:
-        """Hand over what was recorded since the last close; running batches are cut at end_ns
-        here and appear again, whole, when they finish (attribution clips each to its interval).
-        """
-        batches, self._batches = self._batches, []
+        """Hand over what was recorded since the last close and start the next interval."""
+        tally, self._tally = self._tally, Tally(end_ns)
+        for (model, version), start_ns, tenant_rows, _ in self._running.values():
+            tally.add(Batch(model, version, start_ns, end_ns, tenant_rows), end_ns, running=True)
+        batches, self._batches = self._batches, {}
         totals, self._totals = self._totals, {}
-        running = [
-            Batch(model, version, start_ns, end_ns, tenant_rows)
-            for model, version, start_ns, tenant_rows in self._running.values()
-        ]
-        for batch in batches:
-            for tenant in batch.tenant_rows:
-                key = (batch.model, batch.version, tenant)
-                entry = totals.get(key)
-                if entry is None:
-                    entry = totals[key] = RequestTotals()
-                entry.batches += 1
-        usage = IntervalUsage(self._start_ns, end_ns, batches, running, totals)
-        self._start_ns = end_ns
-        return usage
+        for key, count in tally.batches_ended().items():
+            entry = totals.get(key)
+            if entry is None:
+                entry = totals[key] = RequestTotals()
+            entry.batches = count
+        return IntervalUsage(tally.start_ns, end_ns, tally, batches, totals)
