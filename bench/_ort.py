@@ -37,31 +37,31 @@ def best(points: Sequence[OrtPoint]) -> OrtPoint:
 
 def measure_in_child(
     model: Path,
-    input_name: str,
-    width: int,
     *,
     core: int | None,
     batch_sizes: Sequence[int],
     warmup_s: float,
     duration_s: float,
+    sequence_length: int = 16,
 ) -> list[OrtPoint]:
-    """Measure in a fresh interpreter, so ONNX Runtime never shares the load generator's process."""
+    """Measure in a fresh interpreter, so ONNX Runtime never shares the load generator's process.
+
+    Inputs are seeded random tensors shaped from the model itself: `batch` rows, and
+    `sequence_length` for any other dimension the model leaves open.
+    """
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-        job = pool.submit(
-            _measure, model, input_name, width, core, batch_sizes, warmup_s, duration_s
-        )
+        job = pool.submit(_measure, model, core, batch_sizes, warmup_s, duration_s, sequence_length)
         return job.result()
 
 
 def _measure(
     model: Path,
-    input_name: str,
-    width: int,
     core: int | None,
     batch_sizes: Sequence[int],
     warmup_s: float,
     duration_s: float,
+    sequence_length: int,
 ) -> list[OrtPoint]:
     if core is not None:
         # With one intra-op thread ONNX Runtime computes on the calling thread: pin that one.
@@ -75,11 +75,24 @@ def _measure(
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     points = []
     for batch in batch_sizes:
-        rng = np.random.default_rng(batch)
-        feed = {input_name: rng.standard_normal((batch, width), dtype=np.float32)}
+        feed = _feed(session, batch, sequence_length, np.random.default_rng(batch))
         _run_for(session, feed, warmup_s)
         points.append(OrtPoint(batch, *_run_for(session, feed, duration_s)))
     return points
+
+
+def _feed(
+    session: Any, batch: int, sequence_length: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    feed = {}
+    for node in session.get_inputs():
+        dims = [d if isinstance(d, int) and d > 0 else sequence_length for d in node.shape]
+        shape = (batch, *dims[1:])
+        if "float" in node.type:
+            feed[node.name] = rng.standard_normal(shape, dtype=np.float32)
+        else:  # integer ids (text_classifier's tokens): small, valid for any vocabulary
+            feed[node.name] = rng.integers(0, 100, shape, dtype=np.int64)
+    return feed
 
 
 def _run_for(session: Any, feed: dict[str, np.ndarray], seconds: float) -> tuple[int, float]:

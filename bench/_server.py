@@ -111,15 +111,23 @@ class ServerProcess:
 
 @contextlib.asynccontextmanager
 async def serving(
-    demo_dir: Path, core: int | None, extra_args: Sequence[str] = ()
+    demo_dir: Path,
+    core: int | None,
+    extra_args: Sequence[str] = (),
+    *,
+    command: Sequence[str] | None = None,
 ) -> AsyncIterator[ServerProcess]:
     """`wattserve serve` on a free port (under taskset when `core` is given); always stopped with
     SIGTERM on the way out, and killed if it has not exited STOP_TIMEOUT_S later. Its ledger goes
-    to a temporary folder and its metrics endpoint to a free port, never the user's."""
+    to a temporary folder and its metrics endpoint to a free port, never the user's.
+
+    `command`: another server to run the same way instead (it must print wattserve's ready line).
+    """
     scratch = tempfile.mkdtemp(prefix="wattserve-bench-")
-    command = [sys.executable, "-m", "wattserve", "serve", "--port", "0"]
-    command += ["--demo-dir", str(demo_dir), "--metrics-port", "0"]
-    command += ["--ledger-path", str(Path(scratch) / "ledger.sqlite"), *extra_args]
+    if command is None:
+        command = [sys.executable, "-m", "wattserve", "serve", "--port", "0"]
+        command += ["--demo-dir", str(demo_dir), "--metrics-port", "0"]
+        command += ["--ledger-path", str(Path(scratch) / "ledger.sqlite"), *extra_args]
     if core is not None:
         command = ["taskset", "-c", str(core), *command]
     process = await asyncio.create_subprocess_exec(

@@ -348,8 +348,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("... measuring ONNX Runtime in process", file=sys.stderr, flush=True)
         ort = _ort.measure_in_child(
             model,
-            INPUT,
-            WIDTH,
             core=pinning.server_core,
             batch_sizes=ORT_BATCH_SIZES,
             warmup_s=args.warmup_s,
@@ -365,8 +363,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         before = _ort.best(ort)
         after = _ort.measure_in_child(
             model,
-            INPUT,
-            WIDTH,
             core=pinning.server_core,
             batch_sizes=[before.batch],
             warmup_s=args.warmup_s,

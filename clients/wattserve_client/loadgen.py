@@ -9,6 +9,8 @@ Latencies are kept in nanoseconds, so sub-millisecond calls are measured as they
 - **Closed loop** (`concurrency`): each of N workers sends, waits for the answer, sends again.
   Exact in-flight control, the right tool for a throughput ceiling, but it hides queueing: when the
   server slows down, the load slows down with it.
+- **Stream closed loop**: N requests in flight on one ModelStreamInfer stream, each sent as soon
+  as an answer comes back: the streaming path's throughput ceiling.
 - **Open loop** (`rate_per_s`): requests leave on a fixed schedule whatever the server does, and
   each latency counts from the scheduled send time, so a server that falls behind shows it in its
   latencies (no coordinated omission). The right tool for "can it sustain N/s within the SLO?".
@@ -20,6 +22,7 @@ error rate means.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -199,6 +202,59 @@ async def closed_loop(
             await calls.send(time.perf_counter_ns())
 
     return await _run(calls, [worker] * concurrency, stop, schedule, cpu_probes)
+
+
+async def stream_closed_loop(
+    stub: Any,
+    request: Any,
+    *,
+    concurrency: int,
+    schedule: Schedule,
+    metadata: Sequence[tuple[str, str]] = (),
+    cpu_probes: Sequence[CpuProbe] = (),
+) -> Measurement:
+    """Keep `concurrency` copies of `request` in flight on one ModelStreamInfer stream.
+
+    Each message carries its own id (responses come back in completion order, not sending order);
+    a response with an `error_message` counts as a failed call.
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    calls = _Calls(stub, request, metadata)
+    stop = asyncio.Event()
+
+    async def streamer() -> None:
+        call = stub.ModelStreamInfer(metadata=tuple(metadata))
+        sent: dict[str, int] = {}
+        numbers = itertools.count()
+
+        async def send() -> None:
+            request.id = str(next(numbers))
+            sent[request.id] = time.perf_counter_ns()
+            await call.write(request)  # serialised here: changing the id afterwards is safe
+
+        for _ in range(concurrency):
+            await send()
+        try:
+            async for response in call:
+                done = time.perf_counter_ns()
+                calls.done_ns.append(done)
+                calls.latency_ns.append(done - sent.pop(response.infer_response.id))
+                ok = not response.error_message
+                calls.ok.append(ok)
+                if not ok and (
+                    response.error_message in calls.messages or len(calls.messages) < 10
+                ):
+                    calls.messages[response.error_message] += 1
+                if not stop.is_set():
+                    await send()
+                elif not sent:
+                    break
+        finally:
+            await call.done_writing()
+        calls.in_flight_max = concurrency
+
+    return await _run(calls, [streamer], stop, schedule, cpu_probes)
 
 
 async def open_loop(

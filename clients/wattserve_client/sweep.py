@@ -24,7 +24,7 @@ import grpc
 from wattserve.grpc.tenants import TENANT_HEADER
 from wattserve.protocol import pb, pb_grpc
 from wattserve_client._request import CHANNEL_OPTIONS, infer_request
-from wattserve_client.loadgen import Measurement, Schedule, closed_loop
+from wattserve_client.loadgen import Measurement, Schedule, closed_loop, stream_closed_loop
 from wattserve_client.payloads import PayloadShape, inputs_for
 
 PERCENTILES = (50, 90, 95, 99)
@@ -90,13 +90,17 @@ async def sweep(
     schedule: Schedule,
     slo_p99_ms: float | None = None,
     max_error_rate: float = 0.0,
+    *,
+    stream: bool = False,
 ) -> dict[str, Any]:
+    """`stream`: keep the requests in flight on one ModelStreamInfer stream, not as unary calls."""
+    loop = stream_closed_loop if stream else closed_loop
     async with grpc.aio.insecure_channel(target.address, options=CHANNEL_OPTIONS) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
         request = await build_request(stub, target)
         points = []
         for concurrency in concurrencies:
-            m = await closed_loop(
+            m = await loop(
                 stub, request, concurrency=concurrency, schedule=schedule, metadata=target.metadata
             )
             points.append(point("concurrency", concurrency, m, target.shape.rows))
@@ -104,7 +108,7 @@ async def sweep(
     passing = [p for p in points if within_slo(p, slo_p99_ms, max_error_rate)]
     peak = max(passing, key=lambda p: p["requests_per_s"], default=None)
     return {
-        "mode": "closed-loop concurrency sweep",
+        "mode": "closed-loop concurrency sweep" + (" on one stream" if stream else ""),
         "target": target.address,
         "model": target.model,
         "rows_per_request": target.shape.rows,
@@ -183,6 +187,11 @@ def schedule_of(args: argparse.Namespace) -> Schedule:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_arguments(parser)
     parser.add_argument("--concurrency", default="1,2,4,8,16,32", help="comma-separated")
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="send on one ModelStreamInfer stream (the streaming path) instead of unary calls",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the result as JSON")
     parser.add_argument("--csv", type=Path, default=None, help="write one row per concurrency")
 
@@ -196,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
             schedule_of(args),
             args.slo_p99_ms,
             args.max_error_rate,
+            stream=args.stream,
         )
     )
     text = json.dumps(result, indent=2)

@@ -74,6 +74,39 @@ def test_sweep_writes_json_and_csv_with_one_row_per_concurrency(
     )
 
 
+def counts(address: str, model: str) -> np.ndarray:
+    """(rows inferred, batches executed) so far, from ModelStatistics."""
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name=model))
+    return np.array([stats.model_stats[0].inference_count, stats.model_stats[0].execution_count])
+
+
+def test_sweep_on_one_stream_keeps_the_requests_in_flight_and_counts_every_answer(
+    address: str, tmp_path: Path
+) -> None:
+    out_json = tmp_path / "stream.json"
+    before = counts(address, "tabular_classifier")
+    done = wattserve(
+        "sweep", "--target", address, "--model", "tabular_classifier", "--concurrency", "1,16",
+        "--stream", "--json", str(out_json), *QUICK,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out_json.read_text())
+    assert result["mode"] == "closed-loop concurrency sweep on one stream"
+    measured = 0
+    for p in result["points"]:
+        assert p["requests"] > 0 and p["errors"] == 0
+        assert 0 < p["latency_ms"]["p50"] <= p["latency_ms"]["p99"]
+        measured += p["requests"]
+    # The server ran at least every answer the windows counted (warm-ups and build_request's
+    # check call come on top), and 16 in flight on one stream batched: more rows than batches.
+    served, batches = counts(address, "tabular_classifier") - before
+    assert measured + 2 <= served
+    assert batches < served
+    assert result["points"][1]["requests_per_s"] > result["points"][0]["requests_per_s"]
+
+
 def capacity(address: str, tmp_path: Path, *extra: str) -> tuple[int, str, dict[str, Any]]:
     out = tmp_path / "capacity.json"
     done = wattserve(

@@ -1,0 +1,63 @@
+"""The floor: a bare grpc.aio server that answers ModelInfer with its input, and nothing else.
+
+No model, no batching, no validation, no metering: what one Python process spends per unary call
+(and per streamed message) is the floor under any Python gRPC inference server on the same core.
+
+    python bench/_echo.py [--port 0]     # prints "wattserve ready: serving 0 model(s) on HOST:PORT"
+
+The ready line mimics wattserve's, so `_server.serving` starts and stops either one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from wattserve.protocol import pb, pb_grpc
+
+
+def echo(request: Any) -> Any:
+    """The request's tensors sent back as outputs: one bytes copy per tensor, as a server would."""
+    response = pb.ModelInferResponse(
+        model_name=request.model_name, model_version=request.model_version, id=request.id
+    )
+    for tensor in request.inputs:
+        response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+    response.raw_output_contents.extend(request.raw_input_contents)
+    return response
+
+
+class Echo(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        return echo(request)
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[Any]:
+        async for request in requests:
+            yield pb.ModelStreamInferResponse(infer_response=echo(request))
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(Echo(), server)
+    port = server.add_insecure_port(f"127.0.0.1:{args.port}")
+    await server.start()
+    print(f"wattserve ready: serving 0 model(s) on 127.0.0.1:{port}", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(grace=1)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
