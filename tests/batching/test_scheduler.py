@@ -229,3 +229,65 @@ async def test_a_crashed_scheduler_answers_its_queue_and_refuses_more(
     with pytest.raises(Unavailable, match="stopped after an internal error"):
         submit(b)
     assert "the batcher stopped" in caplog.text
+
+
+# infer(): the front door, where a lone request to an idle model skips the queue
+
+
+def infer(b: DynamicBatcher, rows: int = 1) -> asyncio.Task[tuple[Tensors, int]]:
+    return asyncio.ensure_future(
+        b.infer({"x": np.full((rows, 3), rows, np.float32)}, rows, (3,), None)
+    )
+
+
+async def test_a_lone_request_to_an_idle_model_runs_in_its_caller_without_queueing() -> None:
+    model = DoublingModel()
+    b = batcher(model, delay_us=2_000_000)
+    outputs, queue_ns = await asyncio.wait_for(infer(b, rows=2), timeout=1.0)
+    assert outputs["y"].tolist() == [[4.0] * 3] * 2
+    assert queue_ns == 0  # never queued
+    assert model.batches == [2]
+    await b.close()
+
+
+async def test_requests_behind_a_lone_one_queue_and_merge_when_it_finishes() -> None:
+    model = DoublingModel()
+    model.gate.clear()
+    b = batcher(model)
+    first = infer(b)
+    await until(lambda: model.batches == [1])
+    rest = [infer(b, rows=n) for n in (1, 2, 3)]
+    await until(lambda: b.queue_depth == 3)  # the only instance is busy: they queue
+    model.gate.set()
+    results = await asyncio.gather(first, *rest)
+    assert model.batches == [1, 6]
+    assert results[0][1] == 0 and all(queue_ns > 0 for _, queue_ns in results[1:])
+    await b.close()
+
+
+async def test_while_requests_arrive_close_together_a_lone_one_waits_to_batch() -> None:
+    model = DoublingModel()
+    b = batcher(model, delay_us=200_000)
+    for _ in range(5):  # teach the batcher that requests come close together
+        await asyncio.gather(infer(b), infer(b))
+    model.batches.clear()
+    results = await asyncio.gather(infer(b), infer(b), infer(b, rows=2))
+    assert model.batches == [4]  # queued and merged, not run one by one
+    assert all(queue_ns > 0 for _, queue_ns in results)
+    await b.close()
+
+
+async def test_close_waits_for_a_lone_request_running_in_its_caller() -> None:
+    model = DoublingModel()
+    model.gate.clear()
+    b = batcher(model)
+    lone = infer(b)
+    await until(lambda: model.batches == [1])
+    closing = asyncio.ensure_future(b.close())
+    await asyncio.sleep(0.01)
+    assert not closing.done()
+    with pytest.raises(Unavailable):
+        await b.infer({"x": np.ones((1, 3), np.float32)}, 1, (3,), None)
+    model.gate.set()
+    await asyncio.wait_for(closing, timeout=5)
+    assert lone.done() and lone.result()[0]["y"].shape == (1, 3)

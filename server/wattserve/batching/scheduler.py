@@ -5,6 +5,10 @@ queued request with the same non-batch shape, up to the batch limit. It waits fo
 while (a) the batch is below its target, (b) the oldest request has delay budget left, and (c)
 requests have lately been arriving faster than that budget runs out. So a request to an idle model
 runs at once, and batches grow by themselves when requests queue behind busy instances.
+
+`infer` is the front door: a request that finds an instance free, nothing queued and no reason
+to wait runs straight away in its caller's task, with no hop through the queue and the batcher's
+task (on a fast model those hops cost as much as the model). Everything else is `submit`ted.
 """
 
 from __future__ import annotations
@@ -75,7 +79,10 @@ class DynamicBatcher:
         self._stats = statistics
         self._queue: collections.deque[Pending] = collections.deque()
         self._arrived = asyncio.Event()
-        self._slots = asyncio.Semaphore(instances)
+        self._instances = instances
+        self._free = instances
+        """Instances not running a batch."""
+        self._freed = asyncio.Event()
         self._closing = False
         self._refusal = "is being unloaded and takes no new requests"
         self._loop_task: asyncio.Task[None] | None = None
@@ -108,6 +115,40 @@ class DynamicBatcher:
                 pending.future.set_exception(ExecutionError(f"{self.label}: internal error"))
         self._queue.clear()
 
+    async def infer(
+        self,
+        inputs: Tensors,
+        rows: int,
+        shape_key: Hashable,
+        deadline: float | None,
+        tenant: str = DEFAULT_TENANT,
+    ) -> tuple[Tensors, int]:
+        """Run one request: at once when the model is idle and waiting could not pay, else
+        through the queue. Returns (outputs, ns spent queued)."""
+        if self._queue or not self._free or self._closing or not self._runs_alone(rows):
+            return await self.submit(inputs, rows, shape_key, deadline, tenant)
+        now = self._note_arrival()
+        if deadline is not None and deadline <= time.monotonic():
+            raise DeadlineExceeded(f"{self.label}: deadline passed before the request ran")
+        future: asyncio.Future[tuple[Tensors, int]] = asyncio.get_running_loop().create_future()
+        pending = Pending(inputs, rows, shape_key, deadline, tenant, future, now)
+        self._free -= 1
+        try:
+            parts, _ = await self._compute([pending])
+            return parts[0], 0
+        finally:
+            self._release()
+
+    def _runs_alone(self, rows: int) -> bool:
+        """The batch policy's verdict on a lone request to an idle model: run it now?"""
+        # As _next_batch decides for a batch whose oldest request has just arrived.
+        return (
+            not self._batches
+            or rows >= self._fill_rows
+            or self._max_delay_ns <= 0
+            or self._gap_ns > self._max_delay_ns
+        )
+
     def submit(
         self,
         inputs: Tensors,
@@ -116,6 +157,7 @@ class DynamicBatcher:
         deadline: float | None,
         tenant: str = DEFAULT_TENANT,
     ) -> asyncio.Future[tuple[Tensors, int]]:
+        """Queue one request for the batcher's task; resolves to (outputs, ns spent queued)."""
         if self._closing:
             raise Unavailable(f"{self.label} {self._refusal}")
         if len(self._queue) >= self._max_queue:
@@ -123,29 +165,41 @@ class DynamicBatcher:
                 f"{self.label}: queue is full ({self._max_queue} requests waiting, the "
                 f"configured max_queue_size); retry later or add instances"
             )
-        now = time.perf_counter_ns()
-        if self._last_arrival_ns:
-            gap = min(now - self._last_arrival_ns, 4 * self._max_delay_ns)
-            self._gap_ns += _GAP_WEIGHT * (gap - self._gap_ns)
-        self._last_arrival_ns = now
+        now = self._note_arrival()
         future: asyncio.Future[tuple[Tensors, int]] = asyncio.get_running_loop().create_future()
         self._queue.append(Pending(inputs, rows, shape_key, deadline, tenant, future, now))
         self._arrived.set()
         return future
 
+    def _note_arrival(self) -> int:
+        now = time.perf_counter_ns()
+        if self._last_arrival_ns:
+            gap = min(now - self._last_arrival_ns, 4 * self._max_delay_ns)
+            self._gap_ns += _GAP_WEIGHT * (gap - self._gap_ns)
+        self._last_arrival_ns = now
+        return now
+
+    def _release(self) -> None:
+        self._free += 1
+        self._freed.set()
+
     async def _schedule(self) -> None:
         while True:
-            await self._slots.acquire()
             batch = await self._next_batch()
             if batch is None:  # closing and nothing left
-                self._slots.release()
                 return
+            self._free -= 1
             task = asyncio.create_task(self._execute(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
     async def _next_batch(self) -> list[Pending] | None:
+        """Wait for a free instance and a batch worth sending; take it off the queue."""
         while True:
+            if not self._free:  # every instance busy (a lone request may have taken the last)
+                self._freed.clear()
+                await self._freed.wait()
+                continue
             self._drop_abandoned()
             if not self._queue:
                 if self._closing:
@@ -212,6 +266,23 @@ class DynamicBatcher:
         self._queue = kept
 
     async def _execute(self, batch: list[Pending]) -> None:
+        """Run a batch taken off the queue and answer its requests."""
+        try:
+            parts, start = await self._compute(batch)
+        except ExecutionError as exc:
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            return
+        finally:
+            self._release()
+        for p, part in zip(batch, parts, strict=True):
+            if not p.future.done():
+                p.future.set_result((part, start - p.enqueued_ns))
+
+    async def _compute(self, batch: list[Pending]) -> tuple[list[Tensors], int]:
+        """Merge, run, check and split one batch: each request's outputs in order, and when the
+        batch started. Failures are logged here and raised as ExecutionError."""
         try:
             start = time.perf_counter_ns()
             merged = merge([p.inputs for p in batch])
@@ -228,24 +299,14 @@ class DynamicBatcher:
             done_at = time.perf_counter_ns()
         except ExecutionError as exc:
             logger.error("%s: batch of %d request(s) failed: %s", self.label, len(batch), exc)
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(exc)
-            return
-        except Exception:
+            raise
+        except Exception as exc:
             logger.exception("%s: unexpected failure running a batch", self.label)
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(ExecutionError(f"{self.label}: internal error"))
-            return
-        finally:
-            self._slots.release()
+            raise ExecutionError(f"{self.label}: internal error") from exc
         self._stats.record_batch(
             sum(row_counts), len(batch), merged_at - start, ran_at - merged_at, done_at - ran_at
         )
-        for p, part in zip(batch, parts, strict=True):
-            if not p.future.done():
-                p.future.set_result((part, start - p.enqueued_ns))
+        return parts, start
 
     def _observe_start(self, batch: list[Pending], start_ns: int) -> int:
         if self._observer is None:
@@ -270,3 +331,6 @@ class DynamicBatcher:
             await self._loop_task
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+        while self._free < self._instances:  # lone requests still running in their callers
+            self._freed.clear()
+            await self._freed.wait()

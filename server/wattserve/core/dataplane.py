@@ -69,7 +69,7 @@ class DataPlane:
         rows = 0
         try:
             inputs, rows, shape_key = validate(request, model.signature, model.label)
-            outputs, queue_ns = await model.scheduler.submit(
+            outputs, queue_ns = await model.scheduler.infer(
                 inputs, rows, shape_key, request.deadline, request.tenant
             )
         except (WattserveError, asyncio.CancelledError) as exc:

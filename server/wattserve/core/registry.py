@@ -25,14 +25,16 @@ class Scheduler(Protocol):
     @property
     def queue_depth(self) -> int: ...
 
-    def submit(
+    async def infer(
         self,
         inputs: Tensors,
         rows: int,
         shape_key: Hashable,
         deadline: float | None,
         tenant: str = DEFAULT_TENANT,
-    ) -> asyncio.Future[tuple[Tensors, int]]: ...
+    ) -> tuple[Tensors, int]:
+        """Run one validated request (batched with others or alone); (outputs, ns queued)."""
+        ...
 
     async def close(self) -> None: ...
 

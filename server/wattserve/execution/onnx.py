@@ -149,9 +149,15 @@ class OnnxRunner:
     async def run(self, inputs: Tensors) -> Tensors:
         """Run one batch on a free instance, off the event loop."""
         session = await self._free.get()
+        loop = asyncio.get_running_loop()
+        running = loop.run_in_executor(self._pool, self._run, session, inputs)
         try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, self._run, session, inputs)
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            # The caller gave up (a lone request's client cancelled), but the thread cannot be
+            # stopped: the instance stays busy until ONNX Runtime returns.
+            await asyncio.wait([running])
+            raise
         finally:
             self._free.put_nowait(session)
 
