@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from wattserve.demo import make_model, save_model
@@ -21,7 +22,7 @@ LAYERS = 10
 CLASSES = 10
 
 
-def build() -> object:
+def build() -> onnx.ModelProto:
     """LAYERS x (3x3 convolution, CHANNELS -> CHANNELS, ReLU) on a CHANNELS x SIDE x SIDE input,
     global average pooling, then a linear layer to CLASSES logits: about 1.5 GMAC per sample."""
     rng = np.random.default_rng(SEED)
@@ -70,4 +71,4 @@ def write(repository: Path) -> Path:
         max_queue_size=256,
         comment="Compute-bound CNN for bench/perf.py: tens of ms per sample.",
     )
-    return save_model(build(), repository / NAME, config_toml=config)  # type: ignore[arg-type]
+    return save_model(build(), repository / NAME, config_toml=config)

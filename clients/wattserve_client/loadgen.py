@@ -153,20 +153,23 @@ class _Calls:
         """One call; latency counts from `started_ns` (the scheduled time in an open loop)."""
         self.in_flight += 1
         self.in_flight_max = max(self.in_flight_max, self.in_flight)
-        ok = True
+        error = None
         try:
             await self._call(self._request, timeout=CALL_TIMEOUT_S, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
-            ok = False
-            message = f"{exc.code().name}: {exc.details()}"
-            if message in self.messages or len(self.messages) < 10:
-                self.messages[message] += 1
+            error = f"{exc.code().name}: {exc.details()}"
         finally:
             self.in_flight -= 1
+        self.record(started_ns, error)
+
+    def record(self, started_ns: int, error: str | None) -> None:
+        """One call done now; `error` is its failure message, None for a success."""
         done = time.perf_counter_ns()
         self.done_ns.append(done)
         self.latency_ns.append(done - started_ns)
-        self.ok.append(ok)
+        self.ok.append(error is None)
+        if error is not None and (error in self.messages or len(self.messages) < 10):
+            self.messages[error] += 1
 
     def window(self, start_ns: int, end_ns: int, cpu: dict[str, float]) -> Window:
         done = np.asarray(self.done_ns, dtype=np.int64)
@@ -225,34 +228,30 @@ async def stream_closed_loop(
 
     async def streamer() -> None:
         call = stub.ModelStreamInfer(metadata=tuple(metadata))
+        message = type(request)()
+        message.CopyFrom(request)  # its id changes per send; the caller's request stays as it is
         sent: dict[str, int] = {}
         numbers = itertools.count()
 
         async def send() -> None:
-            request.id = str(next(numbers))
-            sent[request.id] = time.perf_counter_ns()
-            await call.write(request)  # serialised here: changing the id afterwards is safe
+            message.id = str(next(numbers))
+            sent[message.id] = time.perf_counter_ns()
+            await call.write(message)  # serialised here: changing the id afterwards is safe
 
-        for _ in range(concurrency):
-            await send()
+        calls.in_flight_max = concurrency
         try:
+            for _ in range(concurrency):
+                await send()
             async for response in call:
-                done = time.perf_counter_ns()
-                calls.done_ns.append(done)
-                calls.latency_ns.append(done - sent.pop(response.infer_response.id))
-                ok = not response.error_message
-                calls.ok.append(ok)
-                if not ok and (
-                    response.error_message in calls.messages or len(calls.messages) < 10
-                ):
-                    calls.messages[response.error_message] += 1
+                calls.record(sent.pop(response.infer_response.id), response.error_message or None)
                 if not stop.is_set():
                     await send()
                 elif not sent:
                     break
-        finally:
             await call.done_writing()
-        calls.in_flight_max = concurrency
+        except grpc.aio.AioRpcError as exc:  # the stream itself failed: what was in flight is lost
+            for started_ns in sent.values():
+                calls.record(started_ns, f"{exc.code().name}: {exc.details()}")
 
     return await _run(calls, [streamer], stop, schedule, cpu_probes)
 

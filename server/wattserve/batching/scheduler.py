@@ -130,6 +130,7 @@ class DynamicBatcher:
         now = self._note_arrival()
         if deadline is not None and deadline <= time.monotonic():
             raise DeadlineExceeded(f"{self.label}: deadline passed before the request ran")
+        # Its future is never awaited (the answer is returned); a Pending keeps _compute single.
         future: asyncio.Future[tuple[Tensors, int]] = asyncio.get_running_loop().create_future()
         pending = Pending(inputs, rows, shape_key, deadline, tenant, future, now)
         self._free -= 1

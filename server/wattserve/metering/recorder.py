@@ -113,8 +113,8 @@ class UsageRecorder:
     def close(self, end_ns: int) -> IntervalUsage:
         """Hand over what was recorded since the last close and start the next interval."""
         tally, self._tally = self._tally, Tally(end_ns)
-        for (model, version), start_ns, tenant_rows, _ in self._running.values():
-            tally.add(Batch(model, version, start_ns, end_ns, tenant_rows), end_ns, running=True)
+        for model_key, start_ns, tenant_rows, _ in self._running.values():
+            tally.add(Batch(*model_key, start_ns, end_ns, tenant_rows), end_ns, running=True)
         batches, self._batches = self._batches, {}
         totals, self._totals = self._totals, {}
         for key, count in tally.batches_ended().items():
