@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -11,7 +12,8 @@ import psutil
 import pytest
 
 from tests.metering.test_energy import Readings, settings
-from wattserve.metering.energy import EnergyMeterError
+from wattserve.metering import energy
+from wattserve.metering.energy import EnergyMeterError, _ProcessTree
 from wattserve.metering.energy_process import EnergyProcess
 
 CPU_W = 100.0
@@ -88,3 +90,35 @@ def test_the_child_stops_when_the_server_is_killed() -> None:
         child.wait(timeout=10)  # psutil.TimeoutExpired fails the test if it lingers
     finally:
         process.kill()
+
+
+def test_charged_children_are_found_again_at_each_refresh_and_dropped_when_they_exit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """codecarbon charges the server's descendants too; the energy process looks them up every
+    CHILDREN_REFRESH_S instead of scanning /proc three times per second."""
+
+    def sleeper() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+    def pids() -> set[int]:
+        return {child.pid for child in tree.children(recursive=True)}
+
+    monkeypatch.setattr(energy, "CHILDREN_REFRESH_S", 3600.0)
+    first = sleeper()
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        tree = _ProcessTree(os.getpid())
+        assert first.pid in pids()  # the first call looks
+        second = sleeper()
+        assert second.pid not in pids()  # not looked for again before the refresh
+        first.kill()
+        first.wait()
+        assert first.pid not in pids()  # an exited child is dropped at once
+        monkeypatch.setattr(energy, "CHILDREN_REFRESH_S", 0.0)
+        assert second.pid in pids()
+    finally:
+        for process in (first, second):
+            if process is not None:
+                process.kill()
+                process.wait()

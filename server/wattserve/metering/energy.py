@@ -26,6 +26,7 @@ import logging
 import math
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 UJ_PER_KWH = 3.6e12
 UG_PER_KG = 1e9
+CHILDREN_REFRESH_S = 30.0
+"""How often the measured process's descendants are looked up again (see _ProcessTree)."""
 
 # CPU modes of codecarbon's CPU object that read an energy counter.
 _MEASURED_CPU_MODES = {
@@ -329,17 +332,46 @@ def _unsuppressed(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _retarget(hardware: list[Any], pid: int) -> None:
-    """Point codecarbon's process-mode CPU and RAM objects at another process.
+    """Point codecarbon's process-mode CPU and RAM objects at another process and its children.
 
     codecarbon 3.3.2 fixes the process at construction: CPU keeps `_pid` and `_process`
-    (psutil.Process()), RAM keeps `_pid`. Both read them at every measurement.
+    (psutil.Process()), RAM keeps `_pid`. Both read them at every measurement, and both charge
+    the process's descendants as well, through `children(recursive=True)`: CPU on `_process`, RAM
+    on a fresh `psutil.Process(_pid)` in `_get_children_memories`. Both now use one
+    `_ProcessTree`, which looks the descendants up less often.
     """
+    tree = _ProcessTree(pid)
     for item in hardware:
         kind = type(item).__name__
         if kind == "CPU":
-            item._pid, item._process = pid, psutil.Process(pid)
+            item._pid, item._process = pid, tree
         elif kind == "RAM":
             item._pid = pid
+            item._get_children_memories = lambda: [c.memory_info().rss for c in tree.children()]
+
+
+class _ProcessTree(psutil.Process):
+    """A process whose descendants are found again every CHILDREN_REFRESH_S, not at every call.
+
+    psutil finds children by reading the stat file of every process on the machine; codecarbon's
+    process mode asks three times per second (CPU power monitor, CPU and RAM measurement), and
+    that was most of the energy process's own CPU time. The server's only child is normally the
+    energy process itself; a child it starts later is charged from the next refresh on.
+    Children that have exited are dropped at once.
+    """
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(pid)
+        self._descendants: list[psutil.Process] = []
+        self._found_at = -math.inf
+
+    def children(self, recursive: bool = False) -> list[psutil.Process]:
+        """All descendants, whatever `recursive` says: codecarbon asks for nothing else."""
+        now = time.monotonic()
+        if now - self._found_at >= CHILDREN_REFRESH_S:
+            self._descendants = super().children(recursive=True)
+            self._found_at = now
+        return [child for child in self._descendants if child.is_running()]
 
 
 def _describe(hardware: list[Any], settings: EnergySettings) -> tuple[str, bool]:
