@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections import Counter
 
 from wattserve.metering.attribution import Batch, Measured, attribute
 from wattserve.metering.recorder import IntervalUsage, UsageRecorder
@@ -94,3 +95,34 @@ def test_reset_forgets_what_came_before_the_first_interval() -> None:
     assert usage.start_ns == 100
     assert usage.totals == {} and usage.batches == {}
     assert usage.tally.attribute(200, Measured(50, 5, 5)).idle == Measured(50, 5, 5)
+
+
+def test_requests_are_summed_per_model_version_and_tenant_with_failures_by_code() -> None:
+    rng = random.Random(SEED)
+    for _ in range(100):
+        recorder = UsageRecorder(0)
+        requests = [
+            (
+                rng.choice("xy"),
+                "1",
+                rng.choice(["a", "b"]),
+                rng.choice(["OK", "OK", "OK", "INVALID_ARGUMENT", "CANCELLED"]),
+                rng.randrange(0, 5),
+                rng.randrange(1, 10**6),
+                rng.choice([None, rng.randrange(0, 10**5)]),
+            )
+            for _ in range(rng.randrange(1, 40))
+        ]
+        for request in requests:
+            recorder.request(*request)
+        totals = recorder.close(1000).totals
+        assert set(totals) == {r[:3] for r in requests}
+        for key, got in totals.items():
+            mine = [r for r in requests if r[:3] == key]
+            assert got.requests == len(mine)
+            assert got.rows == sum(r[4] for r in mine if r[3] == "OK")
+            assert got.errors == sum(r[3] != "OK" for r in mine)
+            assert dict(got.failures) == dict(Counter(r[3] for r in mine if r[3] != "OK"))
+            assert got.total_ns == [r[5] for r in mine]  # in arrival order, for the histograms
+            assert got.queue_ns == [r[6] for r in mine if r[6] is not None]
+        assert recorder.close(2000).totals == {}  # handed over once

@@ -24,7 +24,7 @@ Splits use the largest-remainder method (``split``), with ties going to the firs
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TypeVar
@@ -192,12 +192,16 @@ class _ModelTally:
     """Tenant -> batches that ended in the interval holding rows of this tenant."""
 
 
+Started = tuple[tuple[str, str], int, Mapping[str, int], int]
+"""A batch as it started: ((model, version), start_ns, tenant_rows, rows in all)."""
+
+
 class Tally:
     """One interval's batches, summed as they are added, so that attributing costs O(keys).
 
-    ``attribute()`` builds one from a list of batches; the meter's recorder adds each batch as it
-    finishes, through ``add_inside`` when it lies wholly inside the interval (integers only: the
-    hot path on a fast model) and through ``add`` otherwise. The rules are the module's.
+    ``attribute()`` builds one from a list of batches; the meter's recorder adds the batches that
+    finished, in bulk through ``add_finished`` at each interval's close, and those still running
+    through ``add``. The rules are the module's.
     """
 
     def __init__(self, start_ns: int) -> None:
@@ -219,31 +223,30 @@ class Tally:
             for tenant, n in tally.batches.items()
         }
 
-    def add_inside(
-        self,
-        key: tuple[str, str],
-        start_ns: int,
-        end_ns: int,
-        tenant_rows: Mapping[str, int],
-        rows: int,
-    ) -> None:
-        """A batch of (model, version) ``key`` and ``rows`` rows in all that the caller knows to
-        lie inside the interval: ``start_ns >= self.start_ns``, ``end_ns`` no later than its end.
-        """
-        tally = self._models.get(key)
-        if tally is None:
-            tally = self._models[key] = _ModelTally()
-        duration_ns = end_ns - start_ns
-        if duration_ns:
-            self._ranges.append((start_ns, end_ns))
-            tally.compute_ns += duration_ns
-        elif end_ns == self.start_ns:
-            return  # an empty batch at the very start ended in the interval before
-        whole, ended, batches = tally.whole, tally.rows, tally.batches
-        for tenant, n in tenant_rows.items():
-            whole[tenant] = whole.get(tenant, 0) + ((n if rows else 1) if duration_ns else 0)
-            ended[tenant] = ended.get(tenant, 0) + n
-            batches[tenant] = batches.get(tenant, 0) + 1
+    def add_finished(self, finished: Iterable[tuple[Started, int]]) -> None:
+        """Batches that ended in the interval, as ``((key, start_ns, tenant_rows, rows), end_ns)``
+        with ``key`` = (model, version) and ``rows`` their total: the recorder's form. One pass;
+        batches that started before the interval go through ``add``, the others through integer
+        arithmetic only (the common case, and the meter's bulk work once per interval)."""
+        interval_start, ranges, models = self.start_ns, self._ranges, self._models
+        for (key, start_ns, tenant_rows, rows), end_ns in finished:
+            if start_ns < interval_start:
+                self.add(Batch(*key, start_ns, end_ns, tenant_rows), end_ns)
+                continue
+            tally = models.get(key)
+            if tally is None:
+                tally = models[key] = _ModelTally()
+            duration_ns = end_ns - start_ns
+            if duration_ns:
+                ranges.append((start_ns, end_ns))
+                tally.compute_ns += duration_ns
+            elif end_ns == interval_start:
+                continue  # an empty batch at the very start ended in the interval before
+            whole, ended, batches = tally.whole, tally.rows, tally.batches
+            for tenant, n in tenant_rows.items():
+                whole[tenant] = whole.get(tenant, 0) + ((n if rows else 1) if duration_ns else 0)
+                ended[tenant] = ended.get(tenant, 0) + n
+                batches[tenant] = batches.get(tenant, 0) + 1
 
     def add(self, batch: Batch, end_ns: int, *, running: bool = False) -> None:
         """Any batch, clipped to ``[self.start_ns, end_ns)``. ``running``: a batch cut at the

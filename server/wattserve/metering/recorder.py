@@ -1,9 +1,12 @@
-"""The hot-path seam of the meter: batches and requests are added to per-key accumulators, which
-the meter takes over once per interval.
+"""The hot-path seam of the meter: requests and batches are appended as they finish, and summed
+once per interval, when the meter takes them over.
 
-Everything here runs on the event loop once per batch or request, so it only adds numbers: a
-finished batch goes straight into the interval's attribution ``Tally`` (integers, no objects), and
-closing an interval costs O(keys), not O(batches)."""
+Everything here runs on the event loop. A hook only appends a tuple: summing on the spot cost about
+10 µs per batch in the server (against 2 µs in a loop of its own: it ran right after ONNX Runtime,
+with cold caches), and it delayed the next batch. Summed at the close, in one pass with warm
+caches, the same work costs a fraction of that; it feeds the interval's attribution ``Tally``, so
+closing still costs O(requests + batches) once per interval, never per request.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +14,16 @@ import itertools
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from wattserve.metering.attribution import Batch, Tally
+from wattserve.metering.attribution import Batch, Started, Tally
 
 ModelKey = tuple[str, str]
 """(model, version)"""
 UsageKey = tuple[str, str, str]
 """(model, version, tenant)"""
+Request = tuple[str, str, str, str, int, int, int | None]
+"""A finished request: model, version, tenant, status code, rows, total ns, queue ns (or None)."""
 
 
 @dataclass(slots=True)
@@ -55,17 +61,17 @@ class UsageRecorder:
     """Called by the batcher and the data plane on the event loop (one thread, no locks)."""
 
     def __init__(self, start_ns: int) -> None:
-        self._tally = Tally(start_ns)
-        self._batches: dict[ModelKey, list[tuple[int, int]]] = {}
-        self._totals: dict[UsageKey, RequestTotals] = {}
-        self._running: dict[int, tuple[ModelKey, int, Mapping[str, int], int]] = {}
+        self._start_ns = start_ns
+        self._requests: list[Request] = []
+        self._finished: list[tuple[Started, int]] = []
+        self._running: dict[int, Started] = {}
         self._tokens = itertools.count()
 
     def reset(self, start_ns: int) -> None:
         """Forget anything recorded so far; the first interval starts at start_ns."""
-        self._tally = Tally(start_ns)
-        self._batches = {}
-        self._totals = {}
+        self._start_ns = start_ns
+        self._requests = []
+        self._finished = []
 
     def batch_started(
         self, key: ModelKey, start_ns: int, tenant_rows: Mapping[str, int], rows: int
@@ -75,16 +81,7 @@ class UsageRecorder:
         return token
 
     def batch_finished(self, token: int, end_ns: int) -> None:
-        key, start_ns, tenant_rows, rows = self._running.pop(token)
-        tally = self._tally
-        if start_ns >= tally.start_ns:
-            tally.add_inside(key, start_ns, end_ns, tenant_rows, rows)
-        else:  # it started in an earlier interval
-            tally.add(Batch(*key, start_ns, end_ns, tenant_rows), end_ns)
-        samples = self._batches.get(key)
-        if samples is None:
-            samples = self._batches[key] = []
-        samples.append((end_ns - start_ns, rows))
+        self._finished.append((self._running.pop(token), end_ns))
 
     def request(
         self,
@@ -96,30 +93,59 @@ class UsageRecorder:
         total_ns: int,
         queue_ns: int | None,
     ) -> None:
-        key = (model, version, tenant)
-        totals = self._totals.get(key)
-        if totals is None:
-            totals = self._totals[key] = RequestTotals()
-        totals.requests += 1
-        totals.total_ns.append(total_ns)
-        if code == "OK":
-            totals.rows += rows
-        else:
-            totals.errors += 1
-            totals.failures[code] += 1
-        if queue_ns is not None:
-            totals.queue_ns.append(queue_ns)
+        self._requests.append((model, version, tenant, code, rows, total_ns, queue_ns))
 
     def close(self, end_ns: int) -> IntervalUsage:
-        """Hand over what was recorded since the last close and start the next interval."""
-        tally, self._tally = self._tally, Tally(end_ns)
-        for model_key, start_ns, tenant_rows, _ in self._running.values():
-            tally.add(Batch(*model_key, start_ns, end_ns, tenant_rows), end_ns, running=True)
-        batches, self._batches = self._batches, {}
-        totals, self._totals = self._totals, {}
-        for key, count in tally.batches_ended().items():
-            entry = totals.get(key)
+        """Sum what was recorded since the last close, hand it over, start the next interval."""
+        tally = Tally(self._start_ns)
+        finished, self._finished = self._finished, []
+        tally.add_finished(finished)
+        batches: dict[ModelKey, list[tuple[int, int]]] = {}
+        for (key, start_ns, _, rows), batch_end_ns in finished:
+            samples = batches.get(key)
+            if samples is None:
+                samples = batches[key] = []
+            samples.append((batch_end_ns - start_ns, rows))
+        for key, start_ns, tenant_rows, _ in self._running.values():
+            tally.add(Batch(*key, start_ns, end_ns, tenant_rows), end_ns, running=True)
+        requests, self._requests = self._requests, []
+        totals = _request_totals(requests)
+        for usage_key, count in tally.batches_ended().items():
+            entry = totals.get(usage_key)
             if entry is None:
-                entry = totals[key] = RequestTotals()
+                entry = totals[usage_key] = RequestTotals()
             entry.batches = count
+        self._start_ns = end_ns
         return IntervalUsage(tally.start_ns, end_ns, tally, batches, totals)
+
+
+def _request_totals(requests: list[Request]) -> dict[UsageKey, RequestTotals]:
+    """Sum requests per (model, version, tenant), a column at a time (usually one key)."""
+    if not requests:
+        return {}
+    models, versions, tenants, codes, rows, total_ns, queue_ns = zip(*requests, strict=True)
+    keys = list(zip(models, versions, tenants, strict=True))
+    groups: dict[UsageKey, list[int]] = {}
+    if keys.count(keys[0]) < len(keys):  # several models or tenants in this interval
+        for i, key in enumerate(keys):
+            groups.setdefault(key, []).append(i)
+
+    def column(values: tuple[Any, ...], picked: list[int] | None) -> tuple[Any, ...]:
+        return values if picked is None else tuple(values[i] for i in picked)
+
+    totals = {}
+    for key, picked in groups.items() if groups else [(keys[0], None)]:
+        key_codes, key_rows = column(codes, picked), column(rows, picked)
+        ok = key_codes.count("OK")
+        entry = totals[key] = RequestTotals(
+            requests=len(key_codes),
+            total_ns=list(column(total_ns, picked)),
+            queue_ns=[q for q in column(queue_ns, picked) if q is not None],
+        )
+        if ok == len(key_codes):
+            entry.rows = sum(key_rows)
+        else:
+            entry.rows = sum(n for n, code in zip(key_rows, key_codes, strict=True) if code == "OK")
+            entry.errors = len(key_codes) - ok
+            entry.failures.update(code for code in key_codes if code != "OK")
+    return totals
