@@ -239,8 +239,16 @@ def test_prometheus_agrees_with_the_ledger(metered_run: dict[str, Any]) -> None:
 
 def test_per_response_figures_agree_with_the_ledger(metered_run: dict[str, Any]) -> None:
     parameters = metered_run["last"].get_response().parameters
-    assert parameters["wattserve_energy_j"].double_param > 0
-    assert parameters["wattserve_carbon_g"].double_param > 0
+    energy_j = parameters["wattserve_energy_j"].double_param
+    assert energy_j > 0
+    with sqlite3.connect(metered_run["ledger"]) as db:
+        (intensity,) = db.execute(
+            "SELECT max(carbon_intensity_g_per_kwh) FROM intervals"
+        ).fetchone()
+    # Carbon = energy × grid intensity, unrounded: a small interval's share must not read 0 g.
+    assert parameters["wattserve_carbon_g"].double_param == pytest.approx(
+        energy_j / 3.6e6 * intensity, rel=1e-9
+    )
     assert parameters["wattserve_currency"].string_param == "USD"
     usage = ledger_usage(metered_run["ledger"])
     for key, estimated_j in metered_run["estimates"].items():

@@ -246,7 +246,7 @@ class Meter:
         idle: Measured | None,
     ) -> None:
         """Add the closed interval to the running totals, histograms and per-row rates."""
-        per_model: dict[ModelKey, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+        per_model: dict[ModelKey, list[int]] = defaultdict(lambda: [0, 0, 0])
         for row in rows:
             totals = self.usage_totals[(row.model, row.version, row.tenant)]
             totals.requests += row.requests
@@ -257,10 +257,12 @@ class Meter:
                 acc = per_model[(row.model, row.version)]
                 acc[0] += row.rows
                 acc[1] += row.energy_uj
-                acc[2] += row.carbon_ug or 0
-                acc[3] += row.cost_nanos or 0
-        for key, (model_rows, energy, carbon, cost) in per_model.items():
-            if model_rows:
+                acc[2] += row.cost_nanos or 0
+        for key, (model_rows, energy, cost) in per_model.items():
+            if model_rows and self.intensity is not None:
+                # Carbon from the energy, not from the rounded micro-grams: a small share of a
+                # clean grid's interval rounds to 0 µg while its energy does not.
+                carbon = energy / 1e6 / J_PER_KWH * self.intensity.g_per_kwh * 1e6
                 self._rates[key] = (energy / model_rows, carbon / model_rows, cost / model_rows)
         if measured is not None and idle is not None:
             whole = self.whole
