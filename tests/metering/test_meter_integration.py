@@ -245,7 +245,7 @@ def test_per_response_figures_agree_with_the_ledger(metered_run: dict[str, Any])
         (intensity,) = db.execute(
             "SELECT max(carbon_intensity_g_per_kwh) FROM intervals"
         ).fetchone()
-    # Carbon = energy × grid intensity, unrounded: a small interval's share must not read 0 g.
+    # Carbon = energy x grid intensity, unrounded: a small interval's share must not read 0 g.
     assert parameters["wattserve_carbon_g"].double_param == pytest.approx(
         energy_j / 3.6e6 * intensity, rel=1e-9
     )
