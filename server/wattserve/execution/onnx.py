@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,29 @@ def providers_for(config: ModelConfig, available: list[str], *, model: str) -> l
             f'with an NVIDIA GPU, or set device = "cpu"'
         )
     return [(CUDA, {"device_id": config.device_id}), CPU]
+
+
+LOOP_RUN_LIMIT_NS = 1_000_000
+"""run_on = "auto" runs a model on the event loop only if its largest warm-up batch is faster."""
+
+
+def runs_on_loop(config: ModelConfig, cores: int, warm_up_ns: int | None) -> bool:
+    """Whether batches run on the event loop (docs/performance.md, "Where a batch runs").
+
+    On one core an executor thread cannot overlap anything with the loop: it only adds a
+    hand-off (a thread wake-up and two GIL switches), which costs as much as a small model. So
+    "auto" runs such models on the loop, if that stalls the loop for under a millisecond.
+    """
+    if config.run_on != "auto":
+        return config.run_on == "loop"
+    return (
+        config.device == "cpu"
+        and config.instances == 1
+        and config.intra_op_threads <= 1
+        and cores == 1
+        and warm_up_ns is not None
+        and warm_up_ns < LOOP_RUN_LIMIT_NS
+    )
 
 
 def session_options(config: ModelConfig) -> ort.SessionOptions:
@@ -126,29 +151,45 @@ class OnnxRunner:
         self._pool = ThreadPoolExecutor(
             max_workers=config.instances, thread_name_prefix=f"ort-{model}-{version}"
         )
-        if config.warmup:
-            self._warm_up()
+        warm_up_ns = self._warm_up() if config.warmup else None
+        self.runs_on_loop = runs_on_loop(config, len(os.sched_getaffinity(0)), warm_up_ns)
+        logger.info(
+            "%s runs its batches on %s",
+            self.label,
+            "the event loop" if self.runs_on_loop else "its executor thread",
+        )
 
     @property
     def instances(self) -> int:
         return len(self._sessions)
 
-    def _warm_up(self) -> None:
-        rows = [1, self.signature.max_batch_size] if self.signature.batches else [1]
+    def _warm_up(self) -> int:
+        """Run every instance on zeros, one row then a full batch (or one row twice); returns
+        the slowest second run in nanoseconds (the first pays one-off set-up)."""
+        sizes = [1, self.signature.max_batch_size if self.signature.batches else 1]
+        slowest = 0
         for session in self._sessions:
-            for n in dict.fromkeys(rows):
+            for n in sizes:
                 feed = {spec.name: _zeros(spec, n) for spec in self.signature.inputs}
+                started = time.perf_counter_ns()
                 try:
                     session.run(None, feed)
                 except Exception as exc:
                     raise ModelLoadError(
                         f"{self.label}: warm-up with {n} row(s) failed: {exc}"
                     ) from exc
+            slowest = max(slowest, time.perf_counter_ns() - started)
         logger.debug("%s warmed up on %d instance(s)", self.label, len(self._sessions))
+        return slowest
 
     async def run(self, inputs: Tensors) -> Tensors:
-        """Run one batch on a free instance, off the event loop."""
+        """Run one batch on a free instance: on the event loop or off it (`runs_on_loop`)."""
         session = await self._free.get()
+        if self.runs_on_loop:
+            try:
+                return self._run(session, inputs)
+            finally:
+                self._free.put_nowait(session)
         loop = asyncio.get_running_loop()
         running = loop.run_in_executor(self._pool, self._run, session, inputs)
         try:
