@@ -125,16 +125,20 @@ def _request_totals(requests: list[Request]) -> dict[UsageKey, RequestTotals]:
         return {}
     models, versions, tenants, codes, rows, total_ns, queue_ns = zip(*requests, strict=True)
     keys = list(zip(models, versions, tenants, strict=True))
-    groups: dict[UsageKey, list[int]] = {}
-    if keys.count(keys[0]) < len(keys):  # several models or tenants in this interval
+    groups: dict[UsageKey, list[int] | None] = {}
+    if keys.count(keys[0]) == len(keys):  # the usual case: one model version, one tenant
+        groups[keys[0]] = None  # every column whole
+    else:
         for i, key in enumerate(keys):
-            groups.setdefault(key, []).append(i)
+            picked = groups.setdefault(key, [])
+            assert picked is not None
+            picked.append(i)
 
     def column(values: tuple[Any, ...], picked: list[int] | None) -> tuple[Any, ...]:
         return values if picked is None else tuple(values[i] for i in picked)
 
     totals = {}
-    for key, picked in groups.items() if groups else [(keys[0], None)]:
+    for key, picked in groups.items():
         key_codes, key_rows = column(codes, picked), column(rows, picked)
         ok = key_codes.count("OK")
         entry = totals[key] = RequestTotals(
