@@ -116,7 +116,8 @@ class Meter:
             )
         }
         self.hardware_sample: HardwareSample | None = None
-        self._rates: dict[ModelKey, tuple[float, float, float]] = {}
+        self._rates: dict[ModelKey, tuple[float, float]] = {}
+        """(µJ, nano-currency) per prediction in the latest interval that served the model."""
         self._hardware: HardwareSampler | None = None
         self._energy: EnergyProcess | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
@@ -259,11 +260,8 @@ class Meter:
                 acc[1] += row.energy_uj
                 acc[2] += row.cost_nanos or 0
         for key, (model_rows, energy, cost) in per_model.items():
-            if model_rows and self.intensity is not None:
-                # Carbon from the energy, not from the rounded micro-grams: a small share of a
-                # clean grid's interval rounds to 0 µg while its energy does not.
-                carbon = energy / 1e6 / J_PER_KWH * self.intensity.g_per_kwh * 1e6
-                self._rates[key] = (energy / model_rows, carbon / model_rows, cost / model_rows)
+            if model_rows:
+                self._rates[key] = (energy / model_rows, cost / model_rows)
         if measured is not None and idle is not None:
             whole = self.whole
             whole.energy_uj = (whole.energy_uj or 0) + measured.energy_uj
@@ -298,13 +296,16 @@ class Meter:
     def estimate(self, model: str, version: str, rows: int) -> Estimate | None:
         """A request's energy, carbon and cost at its model's latest rate (None before any)."""
         rate = self._rates.get((model, version))
-        if rate is None:
+        if rate is None or self.intensity is None:
             return None
-        energy, carbon, cost = rate
+        energy_uj, cost_nanos = rate
+        energy_j = energy_uj * rows / 1e6
         return Estimate(
-            energy_j=energy * rows / 1e6,
-            carbon_g=carbon * rows / 1e6,
-            cost=cost * rows / 1e9,
+            energy_j=energy_j,
+            # From the energy, not from the ledger's rounded micro-grams: a small share of a
+            # clean grid's interval rounds to 0 µg while its energy does not.
+            carbon_g=energy_j / J_PER_KWH * self.intensity.g_per_kwh,
+            cost=cost_nanos * rows / 1e9,
             currency=self.prices.currency,
         )
 

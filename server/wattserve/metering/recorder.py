@@ -125,14 +125,14 @@ def _request_totals(requests: list[Request]) -> dict[UsageKey, RequestTotals]:
         return {}
     models, versions, tenants, codes, rows, total_ns, queue_ns = zip(*requests, strict=True)
     keys = list(zip(models, versions, tenants, strict=True))
-    groups: dict[UsageKey, list[int] | None] = {}
+    groups: dict[UsageKey, list[int] | None]
     if keys.count(keys[0]) == len(keys):  # the usual case: one model version, one tenant
-        groups[keys[0]] = None  # every column whole
+        groups = {keys[0]: None}  # every column whole
     else:
+        indices: dict[UsageKey, list[int]] = {}
         for i, key in enumerate(keys):
-            picked = groups.setdefault(key, [])
-            assert picked is not None
-            picked.append(i)
+            indices.setdefault(key, []).append(i)
+        groups = {key: picked for key, picked in indices.items()}
 
     def column(values: tuple[Any, ...], picked: list[int] | None) -> tuple[Any, ...]:
         return values if picked is None else tuple(values[i] for i in picked)
