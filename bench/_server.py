@@ -19,6 +19,10 @@ from pathlib import Path
 import psutil
 
 READY_LINE = re.compile(r"wattserve ready: serving \d+ model\(s\) on (?P<address>\S+:\d+)")
+WORKERS_READY_LINE = re.compile(
+    r"wattserve ready: \d+ worker processes serving on (?P<address>\S+:\d+)"
+)
+"""With --workers, every worker logs READY_LINE first: the server is ready at the parent's line."""
 READY_TIMEOUT_S = 120.0
 # Above the server's default 10 s grace period, so a slow drain is not mistaken for a hang.
 STOP_TIMEOUT_S = 15.0
@@ -138,7 +142,10 @@ async def serving(
     reader: asyncio.Task[None] | None = None
     try:
         try:
-            address = await asyncio.wait_for(_ready_address(process.stderr, tail), READY_TIMEOUT_S)
+            ready = WORKERS_READY_LINE if "--workers" in extra_args else READY_LINE
+            address = await asyncio.wait_for(
+                _ready_address(process.stderr, tail, ready), READY_TIMEOUT_S
+            )
         except (TimeoutError, EOFError) as exc:
             log = "\n".join(tail)
             raise RuntimeError(f"the server did not become ready ({exc!r}):\n{log}") from exc
@@ -152,10 +159,12 @@ async def serving(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-async def _ready_address(stream: asyncio.StreamReader, tail: collections.deque[str]) -> str:
+async def _ready_address(
+    stream: asyncio.StreamReader, tail: collections.deque[str], ready: re.Pattern[str]
+) -> str:
     while line := (await stream.readline()).decode(errors="replace"):
         tail.append(line.rstrip())
-        if match := READY_LINE.search(line):
+        if match := ready.search(line):
             return match["address"]
     raise EOFError("the server exited")
 

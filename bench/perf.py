@@ -24,6 +24,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -114,6 +115,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--client-core", type=int, default=1)
     parser.add_argument("--cases", default="", help="only the cases whose label contains this")
     parser.add_argument("--json", type=Path, default=None, help="also write every point here")
+    parser.add_argument(
+        "--run-on",
+        choices=("thread", "loop", "auto"),
+        default=None,
+        help="set run_on in every model's config.toml (default: each model's own setting)",
+    )
     args = parser.parse_args(argv)
     args.concurrencies = tuple(int(c) for c in args.concurrency.split(","))
     if len(os.sched_getaffinity(0)) < 2:
@@ -121,7 +128,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def build_repository(root: Path) -> Path:
+def build_repository(root: Path, run_on: str | None = None) -> Path:
     """The demo models (built by the server's own command) and the heavy CNN, in one folder."""
     demo = root / "demo"
     subprocess.run(
@@ -134,6 +141,10 @@ def build_repository(root: Path) -> Path:
     for model in ("tabular_classifier", "dense"):
         shutil.copytree(demo / model, repository / model)
     _heavy.write(repository)
+    if run_on is not None:
+        for config in repository.glob("*/config.toml"):
+            text = re.sub(r"(?m)^run_on = .*\n", "", config.read_text())
+            config.write_text(f'run_on = "{run_on}"\n' + text)
     return repository
 
 
@@ -346,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     selected = [c for c in cases(args.concurrencies) if args.cases in c.label]
     with tempfile.TemporaryDirectory(prefix="wattserve-perf-") as tmp:
         print("... building the models", file=sys.stderr, flush=True)
-        repository = build_repository(Path(tmp))
+        repository = build_repository(Path(tmp), args.run_on)
         print("... measuring ONNX Runtime in process", file=sys.stderr, flush=True)
         ort = measure_ort(repository, selected, args)
         print("\n## ONNX Runtime in process, one core, before the served runs\n")

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 READY = re.compile(r"wattserve ready: serving \d+ model\(s\) on (\S+):(\d+)")
+WORKERS_READY = re.compile(r"wattserve ready: \d+ worker processes serving on (\S+):(\d+)")
 
 
 @dataclass
@@ -35,14 +36,14 @@ class ServerProcess:
         return "".join(self.log)
 
 
-def _read_log(server: ServerProcess, ready: threading.Event) -> None:
+def _read_log(server: ServerProcess, ready: threading.Event, pattern: re.Pattern[str]) -> None:
     assert server.process.stdout is not None
     for line in server.process.stdout:
         server.log.append(line)
         metrics = METRICS.search(line)
         if metrics:
             server.metrics_url = f"http://127.0.0.1:{metrics.group(2)}/metrics"
-        match = READY.search(line)
+        match = pattern.search(line)
         if match and not ready.is_set():
             server.address = f"127.0.0.1:{match.group(2)}"
             ready.set()
@@ -75,7 +76,9 @@ def run_server(*args: str, env: dict[str, str] | None = None) -> Iterator[Server
     merged = {**defaults, **(env or {})}
     server = ServerProcess(process, ledger_path=merged["WATTSERVE_LEDGER_PATH"])
     ready = threading.Event()
-    reader = threading.Thread(target=_read_log, args=(server, ready), daemon=True)
+    # With worker processes, each worker logs its own ready line: wait for the parent's.
+    pattern = WORKERS_READY if "--workers" in args else READY
+    reader = threading.Thread(target=_read_log, args=(server, ready, pattern), daemon=True)
     reader.start()
     try:
         if not ready.wait(timeout=90) or not server.address:

@@ -16,21 +16,27 @@ Latencies are kept in nanoseconds, so sub-millisecond calls are measured as they
   latencies (no coordinated omission). The right tool for "can it sustain N/s within the SLO?".
 
 Failed calls are counted (with their first messages), not raised: the caller decides what an
-error rate means.
+error rate means. Every loop takes one stub or several (`open_stubs`: one TCP connection each);
+with several, calls take turns over them and a stream closed loop opens one stream on each. A
+server with worker processes (`--workers`) balances connections, not calls, so it needs several.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import itertools
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import numpy as np
+
+from wattserve.protocol import pb_grpc
 
 CALL_TIMEOUT_S = 30.0
 STABLE_WINDOWS = 3
@@ -135,11 +141,34 @@ class Schedule:
             raise ValueError("need 1 <= min_windows <= max_windows")
 
 
+@contextlib.asynccontextmanager
+async def open_stubs(
+    address: str, connections: int, options: Sequence[tuple[str, Any]] = ()
+) -> AsyncIterator[list[Any]]:
+    """`connections` inference stubs, each on its own channel and TCP connection (gRPC otherwise
+    shares one connection between channels with equal arguments)."""
+    if connections < 1:
+        raise ValueError(f"connections must be >= 1, got {connections}")
+    own = [*options, ("grpc.use_local_subchannel_pool", 1)] if connections > 1 else [*options]
+    async with contextlib.AsyncExitStack() as stack:
+        channels = [
+            await stack.enter_async_context(grpc.aio.insecure_channel(address, options=own))
+            for _ in range(connections)
+        ]
+        yield [pb_grpc.GRPCInferenceServiceStub(c) for c in channels]  # type: ignore[no-untyped-call]
+
+
+def _as_list(stubs: Any) -> list[Any]:
+    """One stub, or a sequence of stubs on separate connections."""
+    return list(stubs) if isinstance(stubs, Sequence) else [stubs]
+
+
 class _Calls:
     """Completions as (time done, latency, ok), appended by the senders."""
 
-    def __init__(self, stub: Any, request: Any, metadata: Sequence[tuple[str, str]]) -> None:
-        self._call = stub.ModelInfer
+    def __init__(self, stubs: Any, request: Any, metadata: Sequence[tuple[str, str]]) -> None:
+        self._calls = [stub.ModelInfer for stub in _as_list(stubs)]
+        self._turn = itertools.cycle(self._calls)
         self._request = request
         self._metadata = tuple(metadata)
         self.done_ns: list[int] = []
@@ -155,7 +184,7 @@ class _Calls:
         self.in_flight_max = max(self.in_flight_max, self.in_flight)
         error = None
         try:
-            await self._call(self._request, timeout=CALL_TIMEOUT_S, metadata=self._metadata)
+            await next(self._turn)(self._request, timeout=CALL_TIMEOUT_S, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             error = f"{exc.code().name}: {exc.details()}"
         finally:
@@ -216,17 +245,24 @@ async def stream_closed_loop(
     metadata: Sequence[tuple[str, str]] = (),
     cpu_probes: Sequence[CpuProbe] = (),
 ) -> Measurement:
-    """Keep `concurrency` copies of `request` in flight on one ModelStreamInfer stream.
+    """Keep `concurrency` copies of `request` in flight on one ModelStreamInfer stream per stub
+    (shared out evenly over the streams).
 
     Each message carries its own id (responses come back in completion order, not sending order);
     a response with an `error_message` counts as a failed call.
     """
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-    calls = _Calls(stub, request, metadata)
+    stubs = _as_list(stub)
+    if concurrency < len(stubs):
+        raise ValueError(f"concurrency must be >= {len(stubs)} (one per stream), got {concurrency}")
+    calls = _Calls(stubs, request, metadata)
+    calls.in_flight_max = concurrency
     stop = asyncio.Event()
+    shares = [
+        concurrency * (i + 1) // len(stubs) - concurrency * i // len(stubs)
+        for i in range(len(stubs))
+    ]
 
-    async def streamer() -> None:
+    async def streamer(stub: Any, in_flight: int) -> None:
         call = stub.ModelStreamInfer(metadata=tuple(metadata))
         message = type(request)()
         message.CopyFrom(request)  # its id changes per send; the caller's request stays as it is
@@ -238,9 +274,8 @@ async def stream_closed_loop(
             sent[message.id] = time.perf_counter_ns()
             await call.write(message)  # serialised here: changing the id afterwards is safe
 
-        calls.in_flight_max = concurrency
         try:
-            for _ in range(concurrency):
+            for _ in range(in_flight):
                 await send()
             async for response in call:
                 calls.record(sent.pop(response.infer_response.id), response.error_message or None)
@@ -253,7 +288,8 @@ async def stream_closed_loop(
             for started_ns in sent.values():
                 calls.record(started_ns, f"{exc.code().name}: {exc.details()}")
 
-    return await _run(calls, [streamer], stop, schedule, cpu_probes)
+    senders = [functools.partial(streamer, s, n) for s, n in zip(stubs, shares, strict=True)]
+    return await _run(calls, senders, stop, schedule, cpu_probes)
 
 
 async def open_loop(

@@ -19,12 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from wattserve.grpc.tenants import TENANT_HEADER
-from wattserve.protocol import pb, pb_grpc
+from wattserve.protocol import pb
 from wattserve_client._request import CHANNEL_OPTIONS, infer_request
-from wattserve_client.loadgen import Measurement, Schedule, closed_loop, stream_closed_loop
+from wattserve_client.loadgen import (
+    Measurement,
+    Schedule,
+    closed_loop,
+    open_stubs,
+    stream_closed_loop,
+)
 from wattserve_client.payloads import PayloadShape, inputs_for
 
 PERCENTILES = (50, 90, 95, 99)
@@ -92,16 +96,18 @@ async def sweep(
     max_error_rate: float = 0.0,
     *,
     stream: bool = False,
+    connections: int = 1,
 ) -> dict[str, Any]:
-    """`stream`: keep the requests in flight on one ModelStreamInfer stream, not as unary calls."""
+    """`stream`: keep the requests in flight on ModelStreamInfer streams, not as unary calls.
+    `connections`: TCP connections the calls (or streams) take turns on; a server with worker
+    processes needs at least one per worker."""
     loop = stream_closed_loop if stream else closed_loop
-    async with grpc.aio.insecure_channel(target.address, options=CHANNEL_OPTIONS) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
-        request = await build_request(stub, target)
+    async with open_stubs(target.address, connections, CHANNEL_OPTIONS) as stubs:
+        request = await build_request(stubs[0], target)
         points = []
         for concurrency in concurrencies:
             m = await loop(
-                stub, request, concurrency=concurrency, schedule=schedule, metadata=target.metadata
+                stubs, request, concurrency=concurrency, schedule=schedule, metadata=target.metadata
             )
             points.append(point("concurrency", concurrency, m, target.shape.rows))
             print(_row(points[-1]), file=sys.stderr)
@@ -112,6 +118,7 @@ async def sweep(
         "target": target.address,
         "model": target.model,
         "rows_per_request": target.shape.rows,
+        "connections": connections,
         "slo": {"p99_ms": slo_p99_ms, "max_error_rate": max_error_rate},
         "schedule": {
             "warmup_s": schedule.warmup_s,
@@ -192,6 +199,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="send on one ModelStreamInfer stream (the streaming path) instead of unary calls",
     )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=1,
+        help="TCP connections to spread the calls over (a server's --workers balances "
+        "connections, not calls: use at least one per worker)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the result as JSON")
     parser.add_argument("--csv", type=Path, default=None, help="write one row per concurrency")
 
@@ -206,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
             args.slo_p99_ms,
             args.max_error_rate,
             stream=args.stream,
+            connections=args.connections,
         )
     )
     text = json.dumps(result, indent=2)

@@ -9,6 +9,8 @@ import functools
 import gc
 import logging
 import signal
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
@@ -72,7 +74,15 @@ async def build_model(
     return models
 
 
-def meter_config(settings: ServeSettings) -> MeterConfig:
+@dataclass(frozen=True, slots=True)
+class WorkerRole:
+    """This process is worker `index` of `count` sharing one port (wattserve.workers)."""
+
+    index: int
+    count: int
+
+
+def meter_config(settings: ServeSettings, role: WorkerRole | None = None) -> MeterConfig:
     energy = None
     if settings.energy_metering:
         energy = EnergySettings(
@@ -95,19 +105,24 @@ def meter_config(settings: ServeSettings) -> MeterConfig:
             instance_per_hour=settings.instance_price_per_hour,
             currency=settings.currency,
         ),
+        worker=role.index if role else 0,
+        workers=role.count if role else 1,
     )
 
 
-def _address(host: str, port: int) -> str:
+def display_address(host: str, port: int) -> str:
+    """host:port as gRPC and browsers write it (IPv6 in brackets)."""
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 class App:
-    """One running wattserve server."""
+    """One running wattserve server: the whole server, or one of its worker processes."""
 
-    def __init__(self, settings: ServeSettings) -> None:
+    def __init__(self, settings: ServeSettings, role: WorkerRole | None = None) -> None:
         self.settings = settings
+        self.role = role
         self.port: int | None = None
+        self.metrics_port: int | None = None
         self._health = health_aio.HealthServicer()
         self._registry: ModelRegistry | None = None
         self._dataplane: DataPlane | None = None
@@ -126,7 +141,7 @@ class App:
                 raise ModelLoadError(str(exc)) from exc
         meter = None
         if settings.metering_enabled:
-            meter = self._meter = Meter(meter_config(settings))
+            meter = self._meter = Meter(meter_config(settings, self.role))
             await meter.start()
         registry = ModelRegistry(
             Repository(root),
@@ -140,18 +155,28 @@ class App:
             response_figures=settings.response_figures,
         )
         if meter is not None and settings.metrics_enabled:
-            server_, _, metrics_port = serve_metrics(
-                settings.metrics_host, settings.metrics_port, MeterCollector(registry.loaded, meter)
+            # A worker's endpoint is private (loopback, any port): the parent serves their sum.
+            host, port = (
+                ("127.0.0.1", 0) if self.role else (settings.metrics_host, settings.metrics_port)
+            )
+            server_, _, self.metrics_port = serve_metrics(
+                host, port, MeterCollector(registry.loaded, meter)
             )
             self._metrics = server_
             logger.info(
-                "Prometheus metrics on http://%s/metrics",
-                _address(settings.metrics_host, metrics_port),
+                "Prometheus metrics %s http://%s/metrics",
+                "of this worker only on" if self.role else "on",
+                display_address(host, self.metrics_port),
             )
         for service in ("", SERVICE_NAME, HEALTH_SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        server = build_server(dataplane, self._health, max_message_bytes=settings.max_message_bytes)
-        address = _address(settings.host, settings.port)
+        server = build_server(
+            dataplane,
+            self._health,
+            max_message_bytes=settings.max_message_bytes,
+            reuse_port=self.role is not None,
+        )
+        address = display_address(settings.host, settings.port)
         port = int(server.add_insecure_port(address))
         await server.start()  # live (ServerLive) while models load; ready only afterwards
         self._registry, self._dataplane, self._server, self.port = registry, dataplane, server, port
@@ -170,7 +195,7 @@ class App:
         logger.info(
             "wattserve ready: serving %d model(s) on %s (repository %s): %s",
             len(set(ready)),
-            _address(settings.host, port),
+            display_address(settings.host, port),
             registry.repository.root,
             ", ".join(sorted(set(ready))) or "none",
         )
@@ -191,7 +216,8 @@ class App:
             self._metrics.shutdown()  # type: ignore[attr-defined]
         logger.info("wattserve stopped")
 
-    async def run_until_signalled(self) -> None:
+    async def run_until_signalled(self, on_ready: Callable[[App], None] | None = None) -> None:
+        """Serve until SIGINT or SIGTERM; `on_ready` is called once the models are loaded."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -202,6 +228,8 @@ class App:
         # which otherwise pauses the event loop for 40-70 ms on a 2-core VM (docs/performance.md).
         gc.collect()
         gc.freeze()
+        if on_ready is not None:
+            on_ready(self)
         await stop.wait()
         logger.info("shutting down (grace period %.1f s)", self.settings.grace_period_s)
         await self.stop()

@@ -138,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if settings.workers > 1:
+        from wattserve.workers import Supervisor
+
+        return Supervisor(settings).run()
     from wattserve.app import App
     from wattserve.core.errors import WattserveError
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -47,6 +47,12 @@ class ServeSettings(BaseSettings):
     """On shutdown, how long in-flight requests may take to finish before they are cancelled."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Least severe log messages written to stderr."""
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    """Server processes sharing the gRPC port (SO_REUSEPORT), each with its own sessions and
+    batchers and, when there are enough, its own share of the allowed cores. The kernel spreads
+    connections (not requests) over them. With more than one, the Prometheus endpoint sums the
+    workers, ModelStatistics answers for the worker holding the connection, and explicit model
+    control and machine-wide energy tracking are refused (docs/workers.md)."""
 
     # --- the meter (docs/metering.md) ---
     metering_enabled: bool = True
@@ -90,3 +96,20 @@ class ServeSettings(BaseSettings):
     """Port of the Prometheus endpoint; 0 picks a free one (logged at start)."""
     metrics_enabled: bool = True
     """Serve the Prometheus endpoint."""
+
+    @model_validator(mode="after")
+    def _workers_compatible(self) -> ServeSettings:
+        if self.workers == 1:
+            return self
+        if self.model_control_mode == "explicit":
+            raise ValueError(
+                f"workers = {self.workers} cannot be combined with model_control_mode = "
+                "explicit: a load or unload request would reach only the worker holding its "
+                "connection"
+            )
+        if self.metering_enabled and self.energy_metering and self.tracking_mode == "machine":
+            raise ValueError(
+                f"workers = {self.workers} cannot be combined with tracking_mode = machine: "
+                "every worker would count the whole machine's energy (use process)"
+            )
+        return self

@@ -152,7 +152,7 @@ def test_by_model_keeps_idle_apart_and_no_data_apart_from_zero(ledger_path: Path
     assert report.idle.amounts["energy_uj"] == 2_366_669
     assert report.total.amounts["energy_uj"] == sql_sum(ledger_path, "energy_uj") == 6_500_003
     assert report.total.predictions == sql_sum(ledger_path, "rows", "usage") == 57
-    assert report.intervals == {"count": 5, "with_energy": 4, "seconds": 5.0}
+    assert report.intervals == {"count": 5, "with_energy": 4, "seconds": 5.0, "workers": 1}
     assert any("1 of 5 intervals have no energy data" in note for note in report.notes)
     wine = record(report.groups[("wine", "2")], report.total)
     # Per 1,000 predictions divides by the 26 predictions that have energy, not all 33.
@@ -249,7 +249,7 @@ def test_csv_and_json_totals_equal_the_ledger_summed_in_sql(
         == document["total"]["predictions"]
         == sql_sum(ledger_path, "rows", "usage")
     )
-    assert document["intervals"] == {"count": 5, "with_energy": 4, "seconds": 5.0}
+    assert document["intervals"] == {"count": 5, "with_energy": 4, "seconds": 5.0, "workers": 1}
     assert document["assumptions"]["energy_methods"] == {METHOD: 4, "none": 1}
     assert document["assumptions"]["carbon_intensity_g_per_kwh"] == [
         {"value": 400.0, "source": "fixed:test-grid", "intervals": 5}

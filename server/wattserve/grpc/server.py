@@ -24,15 +24,20 @@ def _reflection_pool() -> descriptor_pool.DescriptorPool:
 
 
 def build_server(
-    dataplane: DataPlane, health: health_aio.HealthServicer, *, max_message_bytes: int
+    dataplane: DataPlane,
+    health: health_aio.HealthServicer,
+    *,
+    max_message_bytes: int,
+    reuse_port: bool = False,
 ) -> grpc.aio.Server:
+    """`reuse_port`: share the port with the other worker processes (SO_REUSEPORT)."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             # gRPC enables SO_REUSEPORT by default, which would let a second server silently
-            # share the port; worker processes will opt in explicitly.
-            ("grpc.so_reuseport", 0),
+            # share the port; only worker processes opt in.
+            ("grpc.so_reuseport", int(reuse_port)),
         ]
     )
     servicer = InferenceServicer(dataplane)

@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2 added intervals.worker and intervals.workers (worker processes, docs/workers.md)."""
+READABLE_VERSIONS = (1, 2)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -37,7 +39,9 @@ CREATE TABLE IF NOT EXISTS intervals (
   cost_nanos INTEGER,
   idle_cost_nanos INTEGER,
   pue REAL,
-  codecarbon_emissions_ug INTEGER
+  codecarbon_emissions_ug INTEGER,
+  worker INTEGER NOT NULL DEFAULT 0,
+  workers INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS usage (
   interval_id INTEGER NOT NULL REFERENCES intervals(id),
@@ -54,8 +58,15 @@ CREATE TABLE IF NOT EXISTS usage (
   cost_nanos INTEGER,
   PRIMARY KEY (interval_id, model, version, tenant)
 );
-CREATE INDEX IF NOT EXISTS intervals_by_start ON intervals (start_unix_ms);
+CREATE INDEX IF NOT EXISTS intervals_by_start ON intervals (start_unix_ms)
 """
+MIGRATIONS = {
+    1: (
+        "ALTER TABLE intervals ADD COLUMN worker INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE intervals ADD COLUMN workers INTEGER NOT NULL DEFAULT 1",
+    ),
+}
+"""From each older version, the statements that bring it to the next."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +93,11 @@ class IntervalRow:
     idle_cost_nanos: int | None
     pue: float | None
     codecarbon_emissions_ug: int | None
+    worker: int = 0
+    """The worker process that measured this interval (0 without worker processes)."""
+    workers: int = 1
+    """Worker processes the server ran: each measures its own processes' energy and is charged
+    instance_price_per_hour ÷ workers, so that the workers' intervals add up to the machine."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,22 +118,34 @@ class UsageRow:
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """Open (creating if needed) a ledger; WAL so readers never block the writer."""
+    """Open (creating or migrating if needed) a ledger; WAL so readers never block the writer.
+
+    Worker processes open the same file at once: the schema is created or migrated inside one
+    immediate (write-locked) transaction, so exactly one of them does it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    # Writers wait for each other's one-interval transactions rather than fail (5 s is plenty).
+    connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5.0)
     connection.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL mode loses at most the last commits on power loss, never consistency.
     connection.execute("PRAGMA synchronous=NORMAL")
-    connection.executescript(SCHEMA)
-    found = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if found is None:
+    with connection:
+        connection.execute("BEGIN IMMEDIATE")
+        for statement in SCHEMA.split(";"):
+            connection.execute(statement)
+        found = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+        version = int(row[0]) if (row := found.fetchone()) else SCHEMA_VERSION
+        if version not in READABLE_VERSIONS:
+            raise RuntimeError(
+                f"ledger {path} has schema version {version}; this wattserve writes version "
+                f"{SCHEMA_VERSION}"
+            )
+        for older in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[older]:
+                connection.execute(statement)
         connection.execute(
-            "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-        )
-    elif int(found[0]) != SCHEMA_VERSION:
-        raise RuntimeError(
-            f"ledger {path} has schema version {found[0]}; this wattserve writes version "
-            f"{SCHEMA_VERSION}"
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
         )
     return connection
 

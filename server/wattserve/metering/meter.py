@@ -42,6 +42,10 @@ class MeterConfig:
     energy: EnergySettings | None
     """None: no energy measurement (intervals carry no energy data)."""
     prices: Prices
+    worker: int = 0
+    """This process's index among the server's worker processes."""
+    workers: int = 1
+    """Worker processes sharing the machine: this one is charged instance_per_hour ÷ workers."""
 
 
 @dataclass(slots=True)
@@ -213,6 +217,8 @@ class Meter:
             idle_cost_nanos=idle.cost_nanos if idle else None,
             pue=self.config.energy.pue if self.config.energy else None,
             codecarbon_emissions_ug=reading.codecarbon_emissions_ug if reading else None,
+            worker=self.config.worker,
+            workers=self.config.workers,
         )
         self._interval_start_ms = end_ms
         self._write(interval, rows)
@@ -225,7 +231,8 @@ class Meter:
         if reading is None or self.intensity is None:
             return None
         kwh = reading.energy_uj / 1e6 / J_PER_KWH
-        cost = kwh * self.prices.energy_per_kwh + self.prices.instance_per_hour * seconds / 3600
+        instance_per_hour = self.prices.instance_per_hour / self.config.workers
+        cost = kwh * self.prices.energy_per_kwh + instance_per_hour * seconds / 3600
         return Measured(
             energy_uj=reading.energy_uj,
             carbon_ug=round(kwh * self.intensity.g_per_kwh * 1e6),

@@ -4,7 +4,8 @@ and wattserve's energy, carbon and cost counters. Everything is read at scrape t
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -14,6 +15,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from wattserve.core.registry import ServedModel
@@ -26,6 +28,22 @@ logger = logging.getLogger(__name__)
 
 MODEL_LABELS = ["model", "version"]
 TENANT_LABELS = ["model", "version", "tenant"]
+MACHINE_WIDE = frozenset(
+    {
+        "nv_cpu_utilization",
+        "nv_cpu_memory_used_bytes",
+        "nv_cpu_memory_total_bytes",
+        "nv_gpu_utilization",
+        "nv_gpu_memory_used_bytes",
+        "nv_gpu_memory_total_bytes",
+        "nv_gpu_power_usage",
+        "nv_gpu_power_limit",
+        "nv_gpu_energy_consumption",
+        "wattserve_energy_method",
+    }
+)
+"""Families that describe the machine (or a setting), not one process: every worker process
+reports the same value, so the workers' sum reads it once. Everything else adds up."""
 
 
 def _counter(name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
@@ -213,6 +231,58 @@ class MeterCollector(Collector):
 
 def _single(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
+
+
+class WorkersCollector(Collector):
+    """The worker processes' private endpoints as one: per-process figures summed, machine-wide
+    ones read once, plus `wattserve_workers`. A worker that does not answer a scrape counts at its
+    last answer (and the log says so), so totals do not dip while it is slow."""
+
+    def __init__(self, endpoints: Callable[[], list[str]], timeout_s: float = 2.0) -> None:
+        self._endpoints = endpoints
+        self._timeout_s = timeout_s
+        self._last: dict[str, str] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        texts, answered = [], 0
+        for url in self._endpoints():
+            try:
+                with urllib.request.urlopen(url, timeout=self._timeout_s) as answer:
+                    self._last[url] = answer.read().decode()
+                answered += 1
+            except OSError as exc:
+                logger.warning(
+                    "worker metrics at %s did not answer (%s): last answer used", url, exc
+                )
+            if url in self._last:
+                texts.append(self._last[url])
+        yield from merge_expositions(texts)
+        yield GaugeMetricFamily(
+            "wattserve_workers", "Worker processes that answered this scrape", value=answered
+        )
+
+
+def merge_expositions(texts: Iterable[str]) -> Iterator[Metric]:
+    """Prometheus text expositions added sample by sample (same name and labels), except the
+    MACHINE_WIDE families, whose first value is kept."""
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            if family.name not in families:
+                families[family.name] = Metric(family.name, family.documentation, family.type)
+                values[family.name] = {}
+            merged = values[family.name]
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                if key not in merged:
+                    merged[key] = sample.value
+                elif family.name not in MACHINE_WIDE:
+                    merged[key] += sample.value
+    for name, family in families.items():
+        for (sample_name, labels), value in values[name].items():
+            family.add_sample(sample_name, dict(labels), value)
+        yield family
 
 
 def serve_metrics(host: str, port: int, collector: Collector) -> tuple[Any, Any, int]:

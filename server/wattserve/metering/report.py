@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from wattserve.metering import attribution
-from wattserve.metering.ledger import SCHEMA_VERSION, IntervalRow, UsageRow
+from wattserve.metering.ledger import READABLE_VERSIONS, IntervalRow, UsageRow
 
 MEASURES = ("energy_uj", "carbon_ug", "cost_nanos")
 _UNIT = {"energy_uj": "energy_j", "carbon_ug": "carbon_g", "cost_nanos": "cost"}
@@ -99,7 +99,7 @@ class Report:
     groups: dict[tuple[str, ...], Totals]
     idle: Totals
     total: Totals
-    intervals: dict[str, int | float]  # count, with_energy, seconds
+    intervals: dict[str, int | float]  # count, with_energy, seconds (wall), workers
     currency: str | None
     assumptions: dict[str, Any]
     notes: list[str]
@@ -129,16 +129,21 @@ def load(path: Path, since: datetime | None, until: datetime | None) -> LedgerDa
     bounds = ((">=", since), ("<", until))
     where = " AND ".join(f"i.start_unix_ms {op} {(t - _EPOCH) // _MS}" for op, t in bounds if t)
     where = (where or "1") + " ORDER BY i.start_unix_ms, i.id"
-    interval_columns = ", ".join(f"i.{f.name}" for f in fields(IntervalRow))
+    interval_columns = [f"i.{f.name}" for f in fields(IntervalRow)]
     usage_columns = ", ".join(f"u.{f.name}" for f in fields(UsageRow))
     try:
         connection = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
         try:
             query = connection.execute
             version = query("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if version is None or int(version[0]) != SCHEMA_VERSION:
-                raise ReportError(f"{path} is not a version {SCHEMA_VERSION} wattserve ledger")
-            found = query(f"SELECT i.id, {interval_columns} FROM intervals i WHERE {where}")
+            if version is None or int(version[0]) not in READABLE_VERSIONS:
+                raise ReportError(
+                    f"{path} is not a wattserve ledger (versions {READABLE_VERSIONS})"
+                )
+            if int(version[0]) == 1:  # one process: worker 0 of 1
+                interval_columns[-2:] = ["0", "1"]
+            columns = ", ".join(interval_columns)
+            found = query(f"SELECT i.id, {columns} FROM intervals i WHERE {where}")
             intervals = {row[0]: IntervalRow(*row[1:]) for row in found}
             found = query(
                 f"SELECT u.interval_id, {usage_columns} FROM usage u "
@@ -206,13 +211,30 @@ def build_report(data: LedgerData, by: str, view: str) -> Report:
         parts = sum(g.amounts.get(measure, 0) for g in [*groups.values(), idle])
         if parts != (measured := total.amounts[measure]):
             notes.append(f"Inconsistent ledger: {measure} of groups and idle {parts} != {measured}")
-    seconds = sum(i.end_unix_ms - i.start_unix_ms for i in intervals) / 1000
-    counts = {"count": len(intervals), "with_energy": with_energy, "seconds": seconds}
+    counts = {
+        "count": len(intervals),
+        "with_energy": with_energy,
+        "seconds": _covered_ms(intervals) / 1000,
+        "workers": max((i.workers for i in intervals), default=1),
+    }
     currency = currencies[0] if currencies else None
     ordered, assumed = dict(sorted(groups.items())), _assumptions(intervals)
     return Report(
         by, view, data.since, data.until, ordered, idle, total, counts, currency, assumed, notes
     )
+
+
+def _covered_ms(intervals: list[IntervalRow]) -> int:
+    """Wall time the intervals cover; worker processes' intervals overlap and count once."""
+    covered, reached = 0, None
+    for start, end in sorted((i.start_unix_ms, i.end_unix_ms) for i in intervals):
+        if reached is None or start > reached:
+            covered += end - start
+            reached = end
+        elif end > reached:
+            covered += end - reached
+            reached = end
+    return covered
 
 
 def _assumptions(intervals: list[IntervalRow]) -> dict[str, Any]:

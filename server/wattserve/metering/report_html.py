@@ -304,7 +304,13 @@ def _table(report: Report) -> str:
 def _method(report: Report) -> str:
     counts = report.intervals
     lines = [
-        f"Metering intervals: {counts['count']}, {counts['with_energy']} of them with energy data.",
+        f"Metering intervals: {counts['count']}, {counts['with_energy']} of them with energy data"
+        + (
+            f", from {counts['workers']} worker processes (each measures its own processes and "
+            "carries its share of the instance price)."
+            if counts["workers"] > 1
+            else "."
+        ),
         *assumption_lines(report),
         "How the figures are made: each interval's energy is split by the share of time a model "
         "was computing; that part goes to models by compute time and to tenants by rows "

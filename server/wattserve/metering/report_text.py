@@ -96,7 +96,8 @@ def to_table(report: Report) -> str:
 
     period = f"{iso(report.since) or 'start of ledger'} to {iso(report.until) or 'end of ledger'}"
     n = report.intervals
-    summary = f"{n['count']} intervals ({n['with_energy']} with energy data), {n['seconds']:g} s."
+    summary = f"{n['count']} intervals ({n['with_energy']} with energy data), {n['seconds']:g} s"
+    summary += f" from {n['workers']} worker processes." if n["workers"] > 1 else "."
     body = [f"wattserve report: {period}, by {report.by}, {report.view} view", ""]
     body += [line(headers), line(["-" * w for w in widths]), *map(line, rows), "", summary]
     return "\n".join([*body, *assumption_lines(report)]) + "\n"
