@@ -93,10 +93,12 @@ def test_preferred_sizes_above_the_max_are_a_load_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("config", "cores", "warm_up_ns", "expected"),
     [
-        ({}, 1, 200_000, False),  # the default is "thread"
-        ({"run_on": "auto"}, 1, 200_000, True),  # a fast CPU model on one core: no hand-off
-        ({"run_on": "auto"}, 2, 200_000, False),  # a second core: the thread overlaps the loop
+        ({}, 1, 200_000, True),  # the default: auto
+        ({"run_on": "auto"}, 1, 900_000, True),  # a fast CPU model on one core: no hand-off
+        ({"run_on": "auto"}, 2, 200_000, True),  # still cheaper than the hand-off on two cores
+        ({"run_on": "auto"}, 2, 400_000, False),  # a second core: the thread overlaps the loop
         ({"run_on": "auto"}, 1, 5_000_000, False),  # 5 ms batches would stall everything else
+        ({"run_on": "auto", "intra_op_threads": 0}, 2, 200_000, False),  # ONNX Runtime's pool
         ({"run_on": "auto"}, 1, None, False),  # no warm-up, no measurement: stay safe
         ({"run_on": "auto", "instances": 2}, 1, 200_000, False),
         ({"run_on": "auto", "intra_op_threads": 2}, 1, 200_000, False),

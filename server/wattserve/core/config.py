@@ -46,13 +46,13 @@ class ModelConfig(BaseModel):
     inter_op_threads: Annotated[int, Field(ge=0)] = 1
     """ONNX Runtime threads across operators, per instance (0 lets ONNX Runtime choose)."""
     graph_optimization_level: Literal["disabled", "basic", "extended", "all"] = "all"
-    run_on: Literal["thread", "loop", "auto"] = "thread"
+    run_on: Literal["thread", "loop", "auto"] = "auto"
     """Where ONNX Runtime runs a batch. "thread": on the model's executor thread, while the event
     loop goes on serving (and queuing requests into the next batch). "loop": on the event loop
     itself, with no hand-off (which costs more than a small model's batch), but nothing else is
-    served meanwhile, so batches rarely form. "auto": "loop" for a CPU model with one instance and
-    at most one intra-op thread, in a server allowed only one core, whose largest warm-up batch took
-    under 1 ms; else "thread". See docs/performance.md for what each measured."""
+    served meanwhile. "auto" (the default): "loop" for a CPU model with one instance and one
+    intra-op thread whose largest warm-up batch took under 1 ms (one-core server) or 250 µs (more
+    cores); else "thread". See docs/performance.md for what each measured."""
     warmup: bool = True
     """Run each instance once on zeros before the model is marked ready."""
     version_policy: Literal["all", "latest"] | list[Annotated[int, Field(ge=1)]] = "all"

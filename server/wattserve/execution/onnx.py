@@ -46,25 +46,30 @@ def providers_for(config: ModelConfig, available: list[str], *, model: str) -> l
 
 
 LOOP_RUN_LIMIT_NS = 1_000_000
-"""run_on = "auto" runs a model on the event loop only if its largest warm-up batch is faster."""
+"""run_on = "auto" in a one-core server: the event loop runs batches up to this long."""
+LOOP_RUN_LIMIT_SHARED_NS = 250_000
+"""run_on = "auto" with more cores, where a thread's run could overlap the loop: up to this."""
 
 
 def runs_on_loop(config: ModelConfig, cores: int, warm_up_ns: int | None) -> bool:
     """Whether batches run on the event loop (docs/performance.md, "Where a batch runs").
 
-    On one core an executor thread cannot overlap anything with the loop: it only adds a
-    hand-off (a thread wake-up and two GIL switches), which costs as much as a small model. So
-    "auto" runs such models on the loop, if that stalls the loop for under a millisecond.
+    Handing a batch to an executor thread and back costs about 250 µs of CPU on one core, and
+    still about 300 µs per request with two (a thread wake-up, two GIL switches, a loop wake-up):
+    more than a small model's whole batch. So "auto" runs a CPU model with one single-threaded
+    instance on the loop when its largest warm-up batch is short enough that stalling the loop
+    for it costs less: under 1 ms on one core, under 250 µs where a thread could overlap it.
     """
     if config.run_on != "auto":
         return config.run_on == "loop"
+    one_thread = config.intra_op_threads == 1 or (config.intra_op_threads == 0 and cores == 1)
+    limit = LOOP_RUN_LIMIT_NS if cores == 1 else LOOP_RUN_LIMIT_SHARED_NS
     return (
         config.device == "cpu"
         and config.instances == 1
-        and config.intra_op_threads <= 1
-        and cores == 1
+        and one_thread
         and warm_up_ns is not None
-        and warm_up_ns < LOOP_RUN_LIMIT_NS
+        and warm_up_ns < limit
     )
 
 
