@@ -24,6 +24,14 @@ def test_fixed_size_datatypes_round_trip_as_raw_bytes(name: str) -> None:
     assert (decoded == array).all()
 
 
+def test_outputs_encode_row_major_in_the_declared_datatype_whatever_their_layout() -> None:
+    array = np.arange(6, dtype=np.float64).reshape(2, 3)
+    transposed = array.T  # a Fortran-ordered view, as some graphs return
+    assert not transposed.flags.c_contiguous
+    raw = encode_raw(BY_NAME["FP32"], transposed)
+    assert raw == np.array([[0, 3], [1, 4], [2, 5]], dtype=np.float32).tobytes()
+
+
 def test_raw_decode_is_a_zero_copy_view() -> None:
     raw = np.arange(6, dtype=np.float32).tobytes()
     decoded = decode_raw("t", "FP32", [2, 3], raw)

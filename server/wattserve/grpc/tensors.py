@@ -157,4 +157,6 @@ def encode_raw(datatype: Datatype, array: np.ndarray) -> bytes:
             parts.append(_LENGTH.pack(len(data)))
             parts.append(data)
         return b"".join(parts)
-    return np.ascontiguousarray(array, dtype=datatype.numpy).tobytes()
+    if array.dtype != datatype.numpy:
+        array = array.astype(datatype.numpy)
+    return array.tobytes()  # row-major bytes whatever the array's memory layout
