@@ -148,8 +148,51 @@ def test_a_load_generator_with_several_connections_reaches_every_worker(two_work
         channel.close()
 
 
+def test_the_report_counts_overlapping_worker_intervals_once(two_workers: Any) -> None:
+    _, ledger = two_workers
+
+    def intervals() -> list[tuple[int, int, int]]:
+        with sqlite3.connect(ledger) as db:
+            return db.execute("SELECT worker, start_unix_ms, end_unix_ms FROM intervals").fetchall()
+
+    wait_for(lambda: {w for w, _, _ in intervals()} == {0, 1}, 15)
+    before = intervals()
+    overlapping = [
+        (a, b)
+        for a in before
+        if a[0] == 0
+        for b in before
+        if b[0] == 1 and a[1] < b[2] and b[1] < a[2]
+    ]
+    assert overlapping, "the two workers' intervals should overlap in time"
+    document = json.loads(report(ledger, "json", "model"))  # the server is still writing
+    after = intervals()
+    summed = sum(end - start for _, start, end in before) / 1000
+    wall_before = (max(e for _, _, e in before) - min(s for _, s, _ in before)) / 1000
+    wall_after = (max(e for _, _, e in after) - min(s for _, s, _ in after)) / 1000
+    assert document["intervals"]["workers"] == 2
+    # Overlaps count once: the covered time is the wall time (less any gaps), never the sum.
+    assert 0.5 * wall_before <= document["intervals"]["seconds"] <= wall_after < summed
+    assert "from 2 worker processes" in report(ledger, "table", "model")
+
+
+def test_a_second_server_cannot_join_the_workers_port(two_workers: Any) -> None:
+    server, _ = two_workers
+    port = server.address.rsplit(":", 1)[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "wattserve", "serve", "--workers", "2", "--port", port],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert result.returncode == 1
+    assert f"cannot reserve 127.0.0.1:{port}" in result.stderr
+
+
 def test_a_killed_worker_is_started_again_and_the_server_goes_on(two_workers: Any) -> None:
     server, _ = two_workers
+    success = (("model", MODEL), ("version", "1"))
+    before = scrape(server.metrics_url)["nv_inference_request_success_total"][success]
     victim = workers_of(server)[0]
     victim.send_signal(signal.SIGKILL)
     wait_for(lambda: "starting it again" in server.text(), 30)
@@ -158,25 +201,10 @@ def test_a_killed_worker_is_started_again_and_the_server_goes_on(two_workers: An
     for _ in range(10):  # fresh connections land on either worker: every one must answer
         with grpc.insecure_channel(server.address, options=SEPARATE) as channel:
             assert infer(channel, rows=1).model_name == MODEL
-
-
-def test_the_report_counts_overlapping_worker_intervals_once(two_workers: Any) -> None:
-    _, ledger = two_workers
-
-    def spans() -> tuple[float, float]:
-        """(the intervals' summed seconds, the wall time from the first start to the last end)."""
-        with sqlite3.connect(ledger) as db:
-            found = db.execute("SELECT start_unix_ms, end_unix_ms FROM intervals").fetchall()
-        wall = max(e for _, e in found) - min(s for s, _ in found)
-        return sum(e - s for s, e in found) / 1000, wall / 1000
-
-    summed, wall_before = spans()
-    assert summed > 1.5 * wall_before  # two workers measured side by side
-    document = json.loads(report(ledger, "json", "model"))  # the server is still writing
-    _, wall_after = spans()
-    assert document["intervals"]["workers"] == 2
-    assert 0.5 * wall_before <= document["intervals"]["seconds"] <= wall_after
-    assert "from 2 worker processes" in report(ledger, "table", "model")
+    # The replaced worker's counts stay in the sum: the server's counter never goes backwards.
+    after = scrape(server.metrics_url)
+    assert after["nv_inference_request_success_total"][success] == before + 10
+    assert after["wattserve_workers"][()] == 2
 
 
 def test_workers_stop_by_themselves_when_the_parent_is_killed(demo_repository: Path) -> None:
@@ -212,8 +240,9 @@ def test_settings_that_workers_cannot_honour_are_refused(flags: list[str], named
 def test_merging_adds_per_process_figures_and_reads_machine_figures_once() -> None:
     def exposition(requests: int, queue_s: float, memory: int) -> str:
         return (
-            "# HELP nv_inference_request_success Successful requests\n"
-            "# TYPE nv_inference_request_success counter\n"
+            # As prometheus_client writes a counter: the family named with its _total suffix.
+            "# HELP nv_inference_request_success_total Successful requests\n"
+            "# TYPE nv_inference_request_success_total counter\n"
             f'nv_inference_request_success_total{{model="m",version="1"}} {requests}\n'
             "# HELP wattserve_queue_duration_seconds Queued\n"
             "# TYPE wattserve_queue_duration_seconds histogram\n"
@@ -226,14 +255,16 @@ def test_merging_adds_per_process_figures_and_reads_machine_figures_once() -> No
             f"nv_cpu_memory_total_bytes {memory}\n"
         )
 
+    def merged(texts: list[str], retired: list[str]) -> dict[Any, float]:
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in merge_expositions(texts, retired=retired)
+            for s in family.samples
+        }
+
     assert "nv_cpu_memory_total_bytes" in MACHINE_WIDE
-    merged = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in merge_expositions([exposition(3, 0.5, 64), exposition(7, 0.25, 64)])
-        for s in family.samples
-    }
     model = (("model", "m"),)
-    assert merged == {
+    assert merged([exposition(3, 0.5, 64), exposition(7, 0.25, 64)], []) == {
         ("nv_inference_request_success_total", (*model, ("version", "1"))): 10,
         ("wattserve_queue_duration_seconds_bucket", (("le", "0.001"), *model)): 8,
         ("wattserve_queue_duration_seconds_bucket", (("le", "+Inf"), *model)): 10,
@@ -241,16 +272,22 @@ def test_merging_adds_per_process_figures_and_reads_machine_figures_once() -> No
         ("wattserve_queue_duration_seconds_sum", model): 0.75,
         ("nv_cpu_memory_total_bytes", ()): 64,
     }
+    # A replaced worker's last answer: its counters and histograms stay, its gauges do not.
+    with_retired = merged([exposition(3, 0.5, 64)], [exposition(7, 0.25, 999)])
+    assert with_retired[("nv_inference_request_success_total", (*model, ("version", "1")))] == 10
+    assert with_retired[("wattserve_queue_duration_seconds_sum", model)] == 0.75
+    assert with_retired[("nv_cpu_memory_total_bytes", ())] == 64
 
 
 def test_a_version_1_ledger_gains_the_worker_columns(tmp_path: Path) -> None:
     from wattserve.metering import ledger
 
     path = tmp_path / "v1.sqlite"
-    v1_schema = ledger.SCHEMA.replace(
+    schema = ";\n".join(ledger.SCHEMA)
+    v1_schema = schema.replace(
         ",\n  worker INTEGER NOT NULL DEFAULT 0,\n  workers INTEGER NOT NULL DEFAULT 1", ""
     )
-    assert v1_schema != ledger.SCHEMA
+    assert v1_schema != schema
     with sqlite3.connect(path) as db:
         db.executescript(v1_schema)
         db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
@@ -284,3 +321,17 @@ def test_two_servers_cannot_share_a_port_by_accident(demo_repository: Path) -> N
         )
         assert result.returncode == 1
         assert f"cannot reserve 127.0.0.1:{port}" in result.stderr
+
+
+def test_the_sweep_refuses_fewer_streams_in_flight_than_connections() -> None:
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "wattserve", "sweep", "--model", MODEL, "--stream"),
+            *("--connections", "4", "--concurrency", "1,8"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "every --concurrency >= 4 (one stream per connection)" in result.stderr

@@ -197,7 +197,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stream",
         action="store_true",
-        help="send on one ModelStreamInfer stream (the streaming path) instead of unary calls",
+        help="send on ModelStreamInfer streams (the streaming path), one per connection, instead "
+        "of unary calls",
     )
     parser.add_argument(
         "--connections",
@@ -212,6 +213,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     concurrencies = [int(c) for c in args.concurrency.split(",")]
+    floor = args.connections if args.stream else 1
+    if args.connections < 1 or min(concurrencies) < floor:
+        print(
+            f"wattserve sweep: need --connections >= 1 and every --concurrency >= {floor}"
+            f"{' (one stream per connection)' if args.stream else ''}; got --connections "
+            f"{args.connections} and --concurrency {args.concurrency}",
+            file=sys.stderr,
+        )
+        return 2
     result = asyncio.run(
         sweep(
             target_of(args),

@@ -55,19 +55,28 @@ STOP_MARGIN_S = 15.0
 def reserve_port(host: str, port: int) -> socket.socket:
     """A socket bound to (host, port) with SO_REUSEPORT that never listens: it holds the port for
     the workers, whose listening sockets join it, and turns port 0 into a concrete port. The
-    kernel hands new connections only to listening sockets, so it never takes one itself."""
-    family, kind, protocol, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    reserved = socket.socket(family, kind, protocol)
+    kernel hands new connections only to listening sockets, so it never takes one itself.
+
+    The port is first bound without SO_REUSEPORT, which fails if any socket holds it, so the
+    workers never join a port that another server (say, a second `--workers` wattserve) shares.
+    """
+    where = display_address(host, port)
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, protocol) as probe:
+            probe.bind(address)  # no SO_REUSEPORT: refused while anyone holds the port
+            address = probe.getsockname()
+        reserved = socket.socket(family, kind, protocol)
+    except OSError as exc:
+        raise WattserveError(f"cannot reserve {where} for the workers: {exc}") from exc
     try:
         reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         reserved.bind(address)
     except OSError as exc:
         reserved.close()
-        raise WattserveError(
-            f"cannot reserve {display_address(host, port)} for the workers: {exc}"
-        ) from exc
+        raise WattserveError(f"cannot reserve {where} for the workers: {exc}") from exc
     return reserved
 
 
@@ -138,12 +147,18 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         settings = self.settings
         try:
-            root = settings.repository or ensure_demo_repository(settings.demo_dir)
-            reserved = reserve_port(settings.host, settings.port)
-        except (WattserveError, ModuleNotFoundError) as exc:
+            reserved = reserve_port(settings.host, settings.port)  # first: fail fast
+        except WattserveError as exc:
             logger.error("cannot serve: %s", exc)
             return 1
         with reserved:
+            try:
+                root = settings.repository or ensure_demo_repository(settings.demo_dir)
+            except ModuleNotFoundError as exc:
+                logger.error("cannot serve: %s", exc)
+                return 1
+            if self._stop.is_set():  # interrupted while the demo repository was being built
+                return 0
             port = int(reserved.getsockname()[1])
             worker_settings = settings.model_copy(update={"port": port, "repository": root})
             shares = core_shares(settings.workers, os.sched_getaffinity(0))
@@ -189,13 +204,23 @@ class Supervisor:
                     handles[worker.process.sentinel] = worker
                     handles[worker.pipe] = worker
                 for handle in wait(list(handles), timeout=0.5):
+                    if self._stop.is_set():
+                        break  # workers that got the signal too exit now: not a failure
                     worker = handles[handle]
                     if handle is worker.pipe:
                         if not self._receive(worker) and not started:
                             return 1  # a worker could not start: the server cannot
                     elif self._workers.get(worker.index) is worker:
-                        if not started or not self._may_restart(worker):
+                        if not started:
+                            logger.error(
+                                "worker %d exited (code %s) before it was ready: see its log above",
+                                worker.index,
+                                worker.process.exitcode,
+                            )
                             return 1
+                        if not self._may_restart(worker):
+                            return 1
+                        worker.pipe.close()
                         self._start(context, settings, worker.index, shares)
                 if not started and all(w.ready for w in self._workers.values()):
                     started, metrics = True, self._serve_metrics()
@@ -248,12 +273,12 @@ class Supervisor:
         if not (settings.metering_enabled and settings.metrics_enabled):
             return None
 
-        def endpoints() -> list[str]:
-            return [
-                f"http://127.0.0.1:{w.metrics_port}/metrics"
+        def endpoints() -> dict[int, str]:
+            return {
+                w.index: f"http://127.0.0.1:{w.metrics_port}/metrics"
                 for w in self._workers.values()
                 if w.ready and w.metrics_port is not None
-            ]
+            }
 
         server, _, port = serve_metrics(
             settings.metrics_host, settings.metrics_port, WorkersCollector(endpoints)

@@ -16,8 +16,11 @@ SCHEMA_VERSION = 2
 """2 added intervals.worker and intervals.workers (worker processes, docs/workers.md)."""
 READABLE_VERSIONS = (1, 2)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)
+""",
+    """
 CREATE TABLE IF NOT EXISTS intervals (
   id INTEGER PRIMARY KEY,
   start_unix_ms INTEGER NOT NULL,
@@ -42,7 +45,9 @@ CREATE TABLE IF NOT EXISTS intervals (
   codecarbon_emissions_ug INTEGER,
   worker INTEGER NOT NULL DEFAULT 0,
   workers INTEGER NOT NULL DEFAULT 1
-);
+)
+""",
+    """
 CREATE TABLE IF NOT EXISTS usage (
   interval_id INTEGER NOT NULL REFERENCES intervals(id),
   model TEXT NOT NULL,
@@ -57,9 +62,13 @@ CREATE TABLE IF NOT EXISTS usage (
   carbon_ug INTEGER,
   cost_nanos INTEGER,
   PRIMARY KEY (interval_id, model, version, tenant)
-);
+)
+""",
+    """
 CREATE INDEX IF NOT EXISTS intervals_by_start ON intervals (start_unix_ms)
-"""
+""",
+)
+"""The statements that create a ledger (each `IF NOT EXISTS`)."""
 MIGRATIONS = {
     1: (
         "ALTER TABLE intervals ADD COLUMN worker INTEGER NOT NULL DEFAULT 0",
@@ -131,7 +140,7 @@ def connect(path: Path) -> sqlite3.Connection:
     connection.execute("PRAGMA synchronous=NORMAL")
     with connection:
         connection.execute("BEGIN IMMEDIATE")
-        for statement in SCHEMA.split(";"):
+        for statement in SCHEMA:
             connection.execute(statement)
         found = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'")
         version = int(row[0]) if (row := found.fetchone()) else SCHEMA_VERSION

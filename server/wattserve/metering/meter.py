@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from wattserve.core.errors import WattserveError
 from wattserve.core.types import Parameter
 from wattserve.metering import ledger
 from wattserve.metering.attribution import Measured
@@ -146,6 +147,14 @@ class Meter:
             else:
                 self._energy = energy
                 self.energy_method = energy.method
+                if self.config.workers > 1 and "gpu=absent" not in energy.method:
+                    # codecarbon reads a GPU's energy for the whole device, not per process.
+                    await asyncio.to_thread(energy.stop)
+                    raise WattserveError(
+                        f"energy metering found a GPU ({energy.method}); codecarbon measures a "
+                        f"GPU whole, so each of the {self.config.workers} worker processes would "
+                        "count all of its energy: run one worker, or set --energy-metering false"
+                    )
         if self._energy is None:
             self._timer = asyncio.create_task(self._tick(), name="meter intervals")
         self._interval_start_ms = time.time_ns() // 1_000_000

@@ -235,50 +235,73 @@ def _single(name: str, doc: str, value: float) -> CounterMetricFamily:
 
 class WorkersCollector(Collector):
     """The worker processes' private endpoints as one: per-process figures summed, machine-wide
-    ones read once, plus `wattserve_workers`. A worker that does not answer a scrape counts at its
-    last answer (and the log says so), so totals do not dip while it is slow."""
+    ones read once, plus `wattserve_workers`.
 
-    def __init__(self, endpoints: Callable[[], list[str]], timeout_s: float = 2.0) -> None:
+    A worker that does not answer a scrape counts at its last answer (and the log says so), so
+    totals do not dip while it is slow. When a worker is replaced (it died and was started again,
+    on a new port), its last answer's counters and histograms stay in the sum as a baseline, so
+    the server's counters never go backwards; what it served after that answer is lost to
+    Prometheus (the ledger loses at most its last interval).
+    """
+
+    def __init__(self, endpoints: Callable[[], dict[int, str]], timeout_s: float = 2.0) -> None:
         self._endpoints = endpoints
         self._timeout_s = timeout_s
-        self._last: dict[str, str] = {}
+        self._last: dict[int, tuple[str, str]] = {}
+        """worker index -> (url, its last answer)"""
+        self._retired: list[str] = []
+        """Last answers of replaced workers: their counters and histograms."""
+        # Loopback only, never through an HTTP proxy from the environment.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def collect(self) -> Iterator[Metric]:
-        texts, answered = [], 0
-        for url in self._endpoints():
+        answered = 0
+        for index, url in self._endpoints().items():
+            last = self._last.get(index)
+            if last is not None and last[0] != url:  # a new process in that worker's place
+                self._retired.append(last[1])
+                del self._last[index]
             try:
-                with urllib.request.urlopen(url, timeout=self._timeout_s) as answer:
-                    self._last[url] = answer.read().decode()
+                with self._opener.open(url, timeout=self._timeout_s) as answer:
+                    self._last[index] = (url, answer.read().decode())
                 answered += 1
             except OSError as exc:
                 logger.warning(
-                    "worker metrics at %s did not answer (%s): last answer used", url, exc
+                    "worker %d metrics did not answer (%s): last answer used", index, exc
                 )
-            if url in self._last:
-                texts.append(self._last[url])
-        yield from merge_expositions(texts)
+        live = [text for _, text in self._last.values()]
+        yield from merge_expositions(live, retired=self._retired)
         yield GaugeMetricFamily(
             "wattserve_workers", "Worker processes that answered this scrape", value=answered
         )
 
 
-def merge_expositions(texts: Iterable[str]) -> Iterator[Metric]:
+CUMULATIVE = frozenset({"counter", "histogram", "summary"})
+
+
+def merge_expositions(texts: Iterable[str], retired: Iterable[str] = ()) -> Iterator[Metric]:
     """Prometheus text expositions added sample by sample (same name and labels), except the
-    MACHINE_WIDE families, whose first value is kept."""
+    MACHINE_WIDE families, whose first value is kept. Of the `retired` expositions (workers that
+    have been replaced) only the cumulative families count."""
     families: dict[str, Metric] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
-    for text in texts:
-        for family in text_string_to_metric_families(text):
-            if family.name not in families:
-                families[family.name] = Metric(family.name, family.documentation, family.type)
-                values[family.name] = {}
-            merged = values[family.name]
-            for sample in family.samples:
-                key = (sample.name, tuple(sorted(sample.labels.items())))
-                if key not in merged:
-                    merged[key] = sample.value
-                elif family.name not in MACHINE_WIDE:
-                    merged[key] += sample.value
+    parsed = [(family, False) for text in texts for family in text_string_to_metric_families(text)]
+    parsed += [
+        (family, True) for text in retired for family in text_string_to_metric_families(text)
+    ]
+    for family, is_retired in parsed:
+        if is_retired and (family.type not in CUMULATIVE or family.name in MACHINE_WIDE):
+            continue
+        if family.name not in families:
+            families[family.name] = Metric(family.name, family.documentation, family.type)
+            values[family.name] = {}
+        merged = values[family.name]
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            if key not in merged:
+                merged[key] = sample.value
+            elif family.name not in MACHINE_WIDE:
+                merged[key] += sample.value
     for name, family in families.items():
         for (sample_name, labels), value in values[name].items():
             family.add_sample(sample_name, dict(labels), value)

@@ -136,9 +136,12 @@ def load(path: Path, since: datetime | None, until: datetime | None) -> LedgerDa
         try:
             query = connection.execute
             version = query("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if version is None or int(version[0]) not in READABLE_VERSIONS:
+            if version is None:
+                raise ReportError(f"{path} is not a wattserve ledger (it has no schema version)")
+            if int(version[0]) not in READABLE_VERSIONS:
                 raise ReportError(
-                    f"{path} is not a wattserve ledger (versions {READABLE_VERSIONS})"
+                    f"{path} is a version {version[0]} ledger; this wattserve reads versions "
+                    f"{', '.join(map(str, READABLE_VERSIONS))}: upgrade wattserve to report it"
                 )
             if int(version[0]) == 1:  # one process: worker 0 of 1
                 interval_columns[-2:] = ["0", "1"]
