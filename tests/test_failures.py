@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -129,13 +130,22 @@ async def test_shutdown_finishes_accepted_requests(
             server.process.send_signal(signal.SIGTERM)
             outcomes = await asyncio.gather(*calls, return_exceptions=True)
         wait_for(lambda: server.process.poll() is not None, timeout_s=30)
+        # What the server itself saw: every request that reached its data plane, and how it ended.
+        with sqlite3.connect(server.ledger_path) as db:
+            reached, failed = db.execute(
+                "SELECT sum(requests), sum(errors) FROM usage WHERE model = 'dense'"
+            ).fetchone()
     assert server.process.returncode == 0
     answered = [o for o in outcomes if not isinstance(o, BaseException)]
     refused = [o for o in outcomes if isinstance(o, BaseException)]
     assert len(answered) >= 2
     for result in answered:
         assert result.as_numpy("output").shape == (64, 512)
-    for error in refused:  # only refusals of requests that never got in, never a lost one
+    # No accepted request lost: each one that reached the data plane was answered.
+    assert (reached, failed) == (len(answered), 0)
+    for error in refused:  # refused by gRPC before any handler ran
         assert isinstance(error, InferenceServerException), repr(error)
-        assert error.status() == "StatusCode.UNAVAILABLE", error
+        # UNAVAILABLE for calls that arrive after shutdown began. Calls that arrived earlier but
+        # were never handed to a handler get CANCELLED from gRPC's core (grpc/grpc#41785).
+        assert error.status() in ("StatusCode.UNAVAILABLE", "StatusCode.CANCELLED"), error
     assert "wattserve stopped" in server.text()
