@@ -5,7 +5,8 @@
 Each round starts, in turn, the echo floor (`_echo.py`) and wattserve on the tabular demo model
 with run_on = "thread" and run_on = "loop" (meter on, default settings otherwise), and sends each
 `--calls` calls: unary with 32 in flight, then on one ModelStreamInfer stream with 128 in flight.
-It prints calls/s and the **server's CPU per call** (its process tree's CPU time ÷ calls), which
+It prints calls/s and the **server's CPU per call** (its threads' and child processes' CPU
+time ÷ calls, `ServerProcess.cpu_seconds`), which
 time stolen by the VM host does not inflate the way it cuts calls/s. The server runs on core 0 and
 the load generator on core 1; with `--unpinned` the server may use every core (the load generator
 still sits on core 1).
@@ -27,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import psutil
 from _server import serving, steal_counter, steal_since
 from serve_vs_ort import machine_facts, pin_process
 
@@ -84,18 +84,6 @@ async def stream(stub: Any, request: Any, calls: int) -> None:
     await call.done_writing()
 
 
-def tree_cpu_s(pid: int) -> float:
-    root = psutil.Process(pid)
-    total = 0.0
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
-
-
 async def measure(
     label: str, server_args: list[str] | None, request: Any | None, args: argparse.Namespace
 ) -> tuple[Any, dict[str, tuple[float, float]]]:
@@ -116,10 +104,10 @@ async def measure(
             request = await build_request(stub, Target(server.address, MODEL))
         for path, send in paths.items():
             await send(stub, request, WARM_UP_CALLS)
-            cpu, started = tree_cpu_s(server.process.pid), time.perf_counter()
+            cpu, started = server.cpu_seconds()["server"], time.perf_counter()
             await send(stub, request, args.calls)
             seconds = time.perf_counter() - started
-            per_call_us = (tree_cpu_s(server.process.pid) - cpu) / args.calls * 1e6
+            per_call_us = (server.cpu_seconds()["server"] - cpu) / args.calls * 1e6
             found[path] = (args.calls / seconds, per_call_us)
             print(
                 f"| {label} | {path} | {args.calls / seconds:.0f} | {per_call_us:.0f} |", flush=True

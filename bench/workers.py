@@ -30,7 +30,7 @@ from _server import serving, steal_counter, steal_since
 from serve_vs_ort import machine_facts
 
 from wattserve_client._request import CHANNEL_OPTIONS
-from wattserve_client.loadgen import Measurement, Schedule, closed_loop, open_stubs
+from wattserve_client.loadgen import CpuProbe, Measurement, Schedule, closed_loop, open_stubs
 from wattserve_client.payloads import PayloadShape
 from wattserve_client.sweep import Target, build_request
 
@@ -49,7 +49,7 @@ def parse_args() -> argparse.Namespace:
 
 
 async def measure(
-    address: str, server_cpu: object, case: str, args: argparse.Namespace
+    address: str, server_cpu: CpuProbe, case: str, args: argparse.Namespace
 ) -> Measurement:
     model, rows = CASES[case]
     me = psutil.Process()
@@ -65,7 +65,7 @@ async def measure(
             request,
             concurrency=args.concurrency,
             schedule=Schedule(1.0, args.window_s, 3, 6, 0.10),
-            cpu_probes=[server_cpu, client],  # type: ignore[list-item]
+            cpu_probes=[server_cpu, client],
         )
 
 
