@@ -84,7 +84,10 @@ def _chart(result: dict[str, Any]) -> str:
     slo = result["slo"]["p99_ms"]
     x_top = float(max([s["predictions_per_s"] for s in steps] + [1.0])) * 1.05
     finite = [s["latency_ms"]["p99"] for s in steps if s["latency_ms"]["p99"] < float("inf")]
-    y_top = float(max([*finite, slo])) * 1.1
+    # The SLO line joins the scale only when it is near the data: an SLO far above the measured
+    # latencies would squash both curves into one line along the axis.
+    data_top = float(max(finite, default=slo))
+    y_top = (max(data_top, slo) if slo <= 2 * data_top else data_top) * 1.1
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
     def x(value: float) -> float:
@@ -110,11 +113,17 @@ def _chart(result: dict[str, Any]) -> str:
         f"<text x='{LEFT + plot_w / 2}' y='{HEIGHT - 6}' text-anchor='middle'>"
         "delivered predictions/s</text>"
     )
-    parts.append(
-        f"<line class='slo' x1='{LEFT}' x2='{WIDTH - RIGHT}' y1='{y(slo):.1f}' y2='{y(slo):.1f}'/>"
-        f"<text x='{WIDTH - RIGHT}' y='{y(slo) - 4:.1f}' text-anchor='end'>"
-        f"SLO p99 {slo:g} ms</text>"
-    )
+    if slo <= y_top:
+        parts.append(
+            f"<line class='slo' x1='{LEFT}' x2='{WIDTH - RIGHT}' y1='{y(slo):.1f}' "
+            f"y2='{y(slo):.1f}'/><text x='{WIDTH - RIGHT}' y='{y(slo) - 4:.1f}' "
+            f"text-anchor='end'>SLO p99 {slo:g} ms</text>"
+        )
+    else:
+        parts.append(
+            f"<text x='{WIDTH - RIGHT}' y='{TOP - 4}' text-anchor='end'>"
+            f"SLO p99 {slo:g} ms: above this scale</text>"
+        )
     if result["peak"]:
         px = x(result["peak"]["predictions_per_s"])
         parts.append(
