@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
+from wattserve.batching.loop_load import LoopLoad
 from wattserve.batching.scheduler import DynamicBatcher
 from wattserve.core.dataplane import DataPlane
 from wattserve.core.errors import ModelLoadError, WattserveError
@@ -53,6 +54,7 @@ async def build_model(
             policy=source.config.dynamic_batching,
             statistics=statistics,
             observer=observer,
+            loop_load=LoopLoad.of(asyncio.get_running_loop()),
         )
         batcher.start()
 

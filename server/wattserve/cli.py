@@ -143,10 +143,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return Supervisor(settings).run()
     from wattserve.app import App
+    from wattserve.batching.loop_load import new_event_loop
     from wattserve.core.errors import WattserveError
 
     try:
-        asyncio.run(App(settings).run_until_signalled())
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(App(settings).run_until_signalled())
     except WattserveError as exc:
         logging.getLogger("wattserve").error("cannot serve: %s", exc)
         return 1

@@ -37,6 +37,7 @@ from types import FrameType
 from typing import Any
 
 from wattserve.app import App, WorkerRole, display_address
+from wattserve.batching.loop_load import new_event_loop
 from wattserve.core.errors import WattserveError
 from wattserve.demo import ensure_demo_repository
 from wattserve.metering.prometheus import WorkersCollector, serve_metrics
@@ -110,7 +111,8 @@ def _worker_main(
         parent.send(("ready", app.metrics_port))
 
     try:
-        asyncio.run(App(settings, role).run_until_signalled(on_ready=ready))
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(App(settings, role).run_until_signalled(on_ready=ready))
     except WattserveError as exc:
         logger.error("cannot serve: %s", exc)
         parent.send(("failed", str(exc)))

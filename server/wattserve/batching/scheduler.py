@@ -2,9 +2,11 @@
 
 Policy (docs/batching.md has the reasoning): a free instance takes the oldest request and every
 queued request with the same non-batch shape, up to the batch limit. It waits for more rows only
-while (a) the batch is below its target, (b) the oldest request has delay budget left, and (c)
-requests have lately been arriving faster than that budget runs out. So a request to an idle model
-runs at once, and batches grow by themselves when requests queue behind busy instances.
+while (a) the batch is below its target, (b) the oldest request has delay budget left, (c)
+requests have lately been arriving faster than that budget runs out, and (d) the event loop is
+saturated (`LoopLoad`), so that waiting costs no throughput. So a request to an idle model runs at
+once, batches grow by themselves when requests queue behind busy instances, and a model faster
+than its requests arrive is batched only while the server is at capacity.
 
 `infer` is the front door: a request that finds an instance free, nothing queued and no reason
 to wait runs straight away in its caller's task, with no hop through the queue and the batcher's
@@ -15,13 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 
+from wattserve.batching.loop_load import LoopLoad
 from wattserve.batching.tensors import merge, split
 from wattserve.core.config import DynamicBatchingConfig
 from wattserve.core.errors import DeadlineExceeded, ExecutionError, QueueFull, Unavailable
@@ -64,8 +66,12 @@ class DynamicBatcher:
         policy: DynamicBatchingConfig,
         statistics: ModelStatistics,
         observer: BatchObserver | None = None,
+        loop_load: LoopLoad | None = None,
     ) -> None:
+        """`loop_load`: the gauge of the loop the batcher runs on. Without one (a loop not made by
+        `loop_load.new_event_loop`) the arrival gap alone decides whether to wait."""
         self._run = run
+        self._loop_load = loop_load
         self._key = (model, version)
         self.label = f"model '{model}' version {version}"
         self._observer = observer
@@ -147,8 +153,15 @@ class DynamicBatcher:
             not self._batches
             or rows >= self._fill_rows
             or self._max_delay_ns <= 0
-            or self._gap_ns > self._max_delay_ns
+            or not self._waiting_pays(self._max_delay_ns)
         )
+
+    def _waiting_pays(self, budget_ns: float) -> bool:
+        """Whether to hold a batch open for `budget_ns` more: requests come faster than that and
+        the loop is saturated (an idle loop means no other request is on its way)."""
+        if self._gap_ns > budget_ns:
+            return False
+        return self._loop_load is None or self._loop_load.saturated()
 
     def submit(
         self,
@@ -196,6 +209,7 @@ class DynamicBatcher:
 
     async def _next_batch(self) -> list[Pending] | None:
         """Wait for a free instance and a batch worth sending; take it off the queue."""
+        patient = True
         while True:
             if not self._free:  # every instance busy (a lone request may have taken the last)
                 self._freed.clear()
@@ -212,12 +226,15 @@ class DynamicBatcher:
             if rows >= self._fill_rows or not self._batches or self._closing:
                 return self._take(batch)
             budget_ns = batch[0].enqueued_ns + self._max_delay_ns - time.perf_counter_ns()
-            if budget_ns <= 0 or self._gap_ns > budget_ns:
+            if budget_ns <= 0 or not patient or not self._waiting_pays(budget_ns):
                 return self._take(batch)
             self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(budget_ns / 1e9):
+            try:
+                async with asyncio.timeout(min(budget_ns, 2 * self._gap_ns) / 1e9):
                     await self._arrived.wait()
+            except TimeoutError:
+                # Nothing came within two usual gaps: the clients are waiting for this batch.
+                patient = False
 
     def _collect(self) -> tuple[list[Pending], int]:
         """The oldest request and the queued ones that can share its batch, in arrival order."""

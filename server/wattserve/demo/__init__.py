@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 # Bump whenever a demo model or its config changes: repositories carrying another
 # version are rebuilt on the next start.
-BUILDER_VERSION = "wattserve-demo/2"
+BUILDER_VERSION = "wattserve-demo/3"
 MARKER_FILENAME = ".wattserve-demo"
 
 __all__ = [

@@ -188,9 +188,10 @@ DEMO_MODELS: tuple[DemoModel, ...] = (
         build=build_tabular_classifier,
         config_toml=render_config(
             max_batch_size=256,
-            max_queue_delay_us=500,
+            max_queue_delay_us=2000,
             max_queue_size=2048,
-            comment="Tiny model: large batches are cheap, so let the batcher merge freely.",
+            comment="Tiny model: large batches are cheap, so let the batcher merge freely "
+            "(it holds requests back only while the server is saturated).",
         ),
     ),
     DemoModel(
@@ -210,7 +211,7 @@ DEMO_MODELS: tuple[DemoModel, ...] = (
         build=build_text_classifier,
         config_toml=render_config(
             max_batch_size=64,
-            max_queue_delay_us=500,
+            max_queue_delay_us=2000,
             max_queue_size=1024,
             comment="Token ids of any sequence length, vocabulary 5000, 4 classes.",
         ),
