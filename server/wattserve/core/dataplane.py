@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
 
 from wattserve import __version__
 from wattserve.core.errors import NotAllowed, WattserveError
 from wattserve.core.observer import UsageObserver
 from wattserve.core.registry import IndexEntry, ModelRegistry, ServedModel
-from wattserve.core.types import InferRequest, InferResponse, Parameter
+from wattserve.core.types import InferRequest, InferResponse, Parameter, Tensors
 from wattserve.core.validation import validate
 
 PLATFORM = "onnxruntime_onnx"
@@ -20,6 +20,26 @@ BACKEND = "onnxruntime"
 EXTENSIONS = ("model_repository", "model_configuration", "statistics")
 # A request parameter (bool) asking for the request's energy, carbon and cost in the response.
 FIGURES_PARAMETER = "wattserve_energy"
+
+
+@dataclass(slots=True, eq=False)
+class _Admitted:
+    """A request found valid for its model, on its way through the batcher."""
+
+    request: InferRequest
+    model: ServedModel
+    started_ns: int
+    inputs: Tensors = field(default_factory=dict)
+    rows: int = 0
+    shape_key: Hashable = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Submitted:
+    """A request in its model's queue (`DataPlane.submit`); `future` resolves when it has run."""
+
+    admitted: _Admitted
+    future: asyncio.Future[tuple[Tensors, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,24 +83,74 @@ class DataPlane:
         return True
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        model = self._registry.get(request.model_name, request.model_version)
-        version = str(model.version)
-        started = time.perf_counter_ns()
-        rows = 0
+        """Run one request; at once when its model is idle (the batcher's front door)."""
+        admitted = self._admit(request)
         try:
-            inputs, rows, shape_key = validate(request, model.signature, model.label)
-            outputs, queue_ns = await model.scheduler.infer(
-                inputs, rows, shape_key, request.deadline, request.tenant
+            outputs, queue_ns = await admitted.model.scheduler.infer(
+                admitted.inputs, admitted.rows, admitted.shape_key, request.deadline, request.tenant
             )
         except (WattserveError, asyncio.CancelledError) as exc:
-            total_ns = time.perf_counter_ns() - started
-            model.statistics.record_request(ok=False, total_ns=total_ns, queue_ns=None)
-            if self._observer is not None:
-                code = exc.status if isinstance(exc, WattserveError) else "CANCELLED"
-                self._observer.request(
-                    model.name, version, request.tenant, code, rows, total_ns, None
-                )
+            self._failed(admitted, exc)
             raise
+        return self._answer(admitted, outputs, queue_ns)
+
+    def submit(self, request: InferRequest) -> Submitted:
+        """Queue one request for its model's batcher without waiting for it: a stream's messages
+        are submitted as they arrive and batch together. Pass the result to `collect` once its
+        future is done. Raises at once (counted as failed) when the request is invalid or the
+        queue refuses it."""
+        admitted = self._admit(request)
+        try:
+            future = admitted.model.scheduler.submit(
+                admitted.inputs, admitted.rows, admitted.shape_key, request.deadline, request.tenant
+            )
+        except WattserveError as exc:
+            self._failed(admitted, exc)
+            raise
+        return Submitted(admitted, future)
+
+    def collect(self, submitted: Submitted) -> InferResponse:
+        """The response of a submitted request whose future is done; raises its failure."""
+        admitted, future = submitted.admitted, submitted.future
+        try:
+            outputs, queue_ns = future.result()
+        except (WattserveError, asyncio.CancelledError) as exc:
+            self._failed(admitted, exc)
+            raise
+        return self._answer(admitted, outputs, queue_ns)
+
+    def _admit(self, request: InferRequest) -> _Admitted:
+        """Find the model and validate the request; a refusal is counted as a failure."""
+        model = self._registry.get(request.model_name, request.model_version)
+        admitted = _Admitted(request, model, time.perf_counter_ns())
+        try:
+            admitted.inputs, admitted.rows, admitted.shape_key = validate(
+                request, model.signature, model.label
+            )
+        except WattserveError as exc:
+            self._failed(admitted, exc)
+            raise
+        return admitted
+
+    def _failed(self, admitted: _Admitted, exc: BaseException) -> None:
+        model = admitted.model
+        total_ns = time.perf_counter_ns() - admitted.started_ns
+        model.statistics.record_request(ok=False, total_ns=total_ns, queue_ns=None)
+        if self._observer is not None:
+            code = exc.status if isinstance(exc, WattserveError) else "CANCELLED"
+            self._observer.request(
+                model.name,
+                str(model.version),
+                admitted.request.tenant,
+                code,
+                admitted.rows,
+                total_ns,
+                None,
+            )
+
+    def _answer(self, admitted: _Admitted, outputs: Tensors, queue_ns: int) -> InferResponse:
+        request, model, rows = admitted.request, admitted.model, admitted.rows
+        version = str(model.version)
         types = model.output_types
         parameters: Mapping[str, Parameter] = {}
         if self._observer is not None and (
@@ -94,7 +164,7 @@ class DataPlane:
             id=request.id,
             parameters=parameters,
         )
-        total_ns = time.perf_counter_ns() - started
+        total_ns = time.perf_counter_ns() - admitted.started_ns
         model.statistics.record_request(ok=True, total_ns=total_ns, queue_ns=queue_ns)
         if self._observer is not None:
             self._observer.request(

@@ -36,6 +36,17 @@ class Scheduler(Protocol):
         """Run one validated request (batched with others or alone); (outputs, ns queued)."""
         ...
 
+    def submit(
+        self,
+        inputs: Tensors,
+        rows: int,
+        shape_key: Hashable,
+        deadline: float | None,
+        tenant: str = DEFAULT_TENANT,
+    ) -> asyncio.Future[tuple[Tensors, int]]:
+        """Queue one validated request; the future resolves to (outputs, ns queued)."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -60,10 +60,13 @@ def decode_infer_request(
     )
 
 
-def encode_infer_response(response: InferResponse) -> Any:
-    message = pb.ModelInferResponse(
-        model_name=response.model_name, model_version=response.model_version, id=response.id
-    )
+def encode_infer_response(response: InferResponse, message: Any = None) -> Any:
+    """A ModelInferResponse; written into `message` when given (a stream's wrapper holds one)."""
+    if message is None:
+        message = pb.ModelInferResponse()
+    message.model_name = response.model_name
+    message.model_version = response.model_version
+    message.id = response.id
     # Built in place: add() and append() skip the intermediate messages and lists (6.8 -> 4.8 µs
     # for the tabular model's two outputs).
     outputs, raw = message.outputs, message.raw_output_contents

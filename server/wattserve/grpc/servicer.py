@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
 import grpc
 
-from wattserve.core.dataplane import DataPlane
+from wattserve.core.dataplane import DataPlane, Submitted
 from wattserve.core.errors import InvalidRequest, WattserveError
-from wattserve.core.types import DEFAULT_TENANT
+from wattserve.core.types import DEFAULT_TENANT, InferRequest
 from wattserve.grpc import messages
 from wattserve.grpc.status import describe, translate_errors
 from wattserve.grpc.tenants import tenant_of
@@ -52,15 +54,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         model = self._dataplane.model(request.name, request.version)
         return messages.encode_model_metadata(model, self._dataplane.model_versions(request.name))
 
-    async def _infer(self, request: Any, time_remaining: float | None, tenant: str) -> Any:
-        """Decode, infer, encode; a request that cannot be decoded still counts against its
-        model's failures."""
+    def _decode(self, request: Any, time_remaining: float | None, tenant: str) -> InferRequest:
+        """A request that cannot be decoded still counts against its model's failures."""
         try:
-            decoded = messages.decode_infer_request(request, time_remaining, tenant)
+            return messages.decode_infer_request(request, time_remaining, tenant)
         except WattserveError as exc:
             self._dataplane.reject(request.model_name, request.model_version, tenant, exc)
             raise
-        return messages.encode_infer_response(await self._dataplane.infer(decoded))
 
     @translate_errors
     async def ModelInfer(self, request: Any, context: Context) -> Any:
@@ -69,57 +69,84 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except WattserveError as exc:
             self._dataplane.reject(request.model_name, request.model_version, DEFAULT_TENANT, exc)
             raise
-        return await self._infer(request, context.time_remaining(), tenant)
+        decoded = self._decode(request, context.time_remaining(), tenant)
+        return messages.encode_infer_response(await self._dataplane.infer(decoded))
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[Any], context: Context
     ) -> AsyncIterator[Any]:
-        """Requests on one stream run concurrently (so they batch); responses leave as they finish,
-        each carrying its request's id. A failed request answers `error_message`; the stream
-        goes on.
+        """Requests on one stream are queued as they arrive (so they batch); responses leave as
+        they finish, each carrying its request's id. A failed request answers `error_message`;
+        the stream goes on.
+
+        No task per message: each queued request's future hands its response to the outbox.
         """
-        finished: asyncio.Queue[Any] = asyncio.Queue()
-        running: set[asyncio.Task[None]] = set()
         try:
             tenant = tenant_of(context.invocation_metadata())
         except WattserveError as exc:
             await context.abort(*describe(exc))
+        outbox: collections.deque[Any] = collections.deque()
+        posted = asyncio.Event()
+        queued: set[Submitted] = set()
+        reading = True
 
-        async def answer(request: Any) -> None:
+        def failed(request: Any, exc: Exception) -> Any:
+            _, message = describe(exc)
+            response = pb.ModelStreamInferResponse(error_message=message)
+            answer = response.infer_response
+            answer.model_name = request.model_name
+            answer.model_version = request.model_version
+            answer.id = request.id
+            return response
+
+        def finished(request: Any, submitted: Submitted, _: object) -> None:
+            queued.discard(submitted)
             try:
-                response = await self._infer(request, None, tenant)
-                await finished.put(pb.ModelStreamInferResponse(infer_response=response))
+                answer = self._dataplane.collect(submitted)
+            except asyncio.CancelledError:
+                return  # the stream went away before this request ran (counted as cancelled)
             except Exception as exc:
-                _, message = describe(exc)
-                failed = pb.ModelInferResponse(
-                    model_name=request.model_name,
-                    model_version=request.model_version,
-                    id=request.id,
-                )
-                await finished.put(
-                    pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
-                )
+                outbox.append(failed(request, exc))
+            else:
+                response = pb.ModelStreamInferResponse()
+                messages.encode_infer_response(answer, response.infer_response)
+                outbox.append(response)
+            posted.set()
 
         async def read() -> None:
-            async for request in request_iterator:
-                task = asyncio.create_task(answer(request))
-                running.add(task)
-                task.add_done_callback(running.discard)
-            while running:
-                await asyncio.gather(*running)
-            await finished.put(None)
+            nonlocal reading
+            try:
+                async for request in request_iterator:
+                    try:
+                        submitted = self._dataplane.submit(self._decode(request, None, tenant))
+                    except Exception as exc:  # this message fails; the stream goes on
+                        outbox.append(failed(request, exc))
+                        posted.set()
+                        continue
+                    queued.add(submitted)
+                    submitted.future.add_done_callback(
+                        functools.partial(finished, request, submitted)
+                    )
+            finally:
+                reading = False
+                posted.set()
 
         reader = asyncio.create_task(read())
         try:
-            while (item := await finished.get()) is not None:
-                yield item
+            while True:
+                while outbox:
+                    yield outbox.popleft()
+                if not reading and not queued:
+                    break
+                posted.clear()
+                await posted.wait()
             await reader  # surfaces a failure to read the stream
         finally:
             reader.cancel()
-            for task in running:
-                task.cancel()
+            for submitted in list(queued):  # the stream is gone: drop what has not run
+                submitted.future.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(reader, *running, return_exceptions=True)
+                await asyncio.gather(reader, return_exceptions=True)
 
     @translate_errors
     async def ModelConfig(self, request: Any, context: Context) -> Any:
