@@ -85,6 +85,9 @@ class DynamicBatcher:
         self._stats = statistics
         self._queue: collections.deque[Pending] = collections.deque()
         self._arrived = asyncio.Event()
+        """Set when the queue stops being empty or holds enough rows to fill a batch: not on
+        every arrival, which would wake the batcher's task once per request."""
+        self._queued_rows = 0
         self._instances = instances
         self._free = instances
         """Instances not running a batch."""
@@ -120,6 +123,7 @@ class DynamicBatcher:
             if not pending.future.done():
                 pending.future.set_exception(ExecutionError(f"{self.label}: internal error"))
         self._queue.clear()
+        self._queued_rows = 0
 
     async def infer(
         self,
@@ -182,7 +186,9 @@ class DynamicBatcher:
         now = self._note_arrival()
         future: asyncio.Future[tuple[Tensors, int]] = asyncio.get_running_loop().create_future()
         self._queue.append(Pending(inputs, rows, shape_key, deadline, tenant, future, now))
-        self._arrived.set()
+        self._queued_rows += rows
+        if len(self._queue) == 1 or self._queued_rows >= self._fill_rows:
+            self._arrived.set()
         return future
 
     def _note_arrival(self) -> int:
@@ -229,12 +235,13 @@ class DynamicBatcher:
             if budget_ns <= 0 or not patient or not self._waiting_pays(budget_ns):
                 return self._take(batch)
             self._arrived.clear()
+            waiting_since = self._last_arrival_ns
             try:
                 async with asyncio.timeout(min(budget_ns, 2 * self._gap_ns) / 1e9):
                     await self._arrived.wait()
             except TimeoutError:
                 # Nothing came within two usual gaps: the clients are waiting for this batch.
-                patient = False
+                patient = self._last_arrival_ns != waiting_since
 
     def _collect(self) -> tuple[list[Pending], int]:
         """The oldest request and the queued ones that can share its batch, in arrival order."""
@@ -255,9 +262,11 @@ class DynamicBatcher:
         if all(queue[i] is p for i, p in enumerate(batch)):  # the usual case: the oldest ones
             for _ in batch:
                 queue.popleft()
+            self._queued_rows -= sum(p.rows for p in batch)
         else:  # requests of another shape were queued in between
             chosen = set(map(id, batch))
             self._queue = collections.deque(p for p in queue if id(p) not in chosen)
+            self._queued_rows -= sum(p.rows for p in batch)
         return batch
 
     def _drop_abandoned(self) -> None:
@@ -282,6 +291,7 @@ class DynamicBatcher:
                 continue
             kept.append(p)
         self._queue = kept
+        self._queued_rows = sum(p.rows for p in kept)
 
     async def _execute(self, batch: list[Pending]) -> None:
         """Run a batch taken off the queue and answer its requests."""
