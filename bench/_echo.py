@@ -3,7 +3,12 @@
 No model, no batching, no validation, no metering: what one Python process spends per unary call
 (and per streamed message) is the floor under any Python gRPC inference server on the same core.
 
-    python bench/_echo.py [--port 0]     # prints "wattserve ready: serving 0 model(s) on HOST:PORT"
+    python bench/_echo.py [--port 0] [--generic-handlers-only]
+    # prints "wattserve ready: serving 0 model(s) on HOST:PORT"
+
+By default the service is added the stock way (generated code registers every method). With
+`--generic-handlers-only` it is added as wattserve adds its own (`GenericHandlersOnly`), to
+measure what that saves per call.
 
 The ready line mimics wattserve's, so `_server.serving` starts and stops either one.
 """
@@ -19,6 +24,7 @@ from typing import Any
 
 import grpc
 
+from wattserve.grpc.server import GenericHandlersOnly
 from wattserve.protocol import pb, pb_grpc
 
 
@@ -47,9 +53,11 @@ class Echo(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--generic-handlers-only", action="store_true")
     args = parser.parse_args()
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(Echo(), server)
+    target = GenericHandlersOnly(server) if args.generic_handlers_only else server
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(Echo(), target)
     port = server.add_insecure_port(f"127.0.0.1:{args.port}")
     await server.start()
     print(f"wattserve ready: serving 0 model(s) on 127.0.0.1:{port}", file=sys.stderr, flush=True)

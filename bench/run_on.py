@@ -2,8 +2,9 @@
 
     python bench/run_on.py [--calls 15000] [--rounds 2] [--unpinned]
 
-Each round starts, in turn, the echo floor (`_echo.py`) and wattserve on the tabular demo model
-with run_on = "thread" and run_on = "loop" (meter on, default settings otherwise), and sends each
+Each round starts, in turn, wattserve on the tabular demo model with run_on = "thread" and
+run_on = "loop" (meter on, default settings otherwise), the echo floor (`_echo.py`), and the echo
+floor with its handlers added the way wattserve adds its own (`echo-generic`), and sends each
 `--calls` calls: unary with 32 in flight, then on one ModelStreamInfer stream with 128 in flight.
 It prints calls/s and the **server's CPU per call** (its threads' and child processes' CPU
 time ÷ calls, `ServerProcess.cpu_seconds`), which
@@ -84,11 +85,18 @@ async def stream(stub: Any, request: Any, calls: int) -> None:
     await call.done_writing()
 
 
+ECHOES = {
+    "echo": [sys.executable, str(ECHO)],
+    "echo-generic": [sys.executable, str(ECHO), "--generic-handlers-only"],
+}
+LABELS = ("thread", "loop", *ECHOES)
+
+
 async def measure(
     label: str, server_args: list[str] | None, request: Any | None, args: argparse.Namespace
 ) -> tuple[Any, dict[str, tuple[float, float]]]:
     """(the request it built or used, {path: (calls/s, server CPU µs per call)})."""
-    command = None if server_args is not None else [sys.executable, str(ECHO)]
+    command = ECHOES.get(label)
     core = None if args.unpinned else 0
     found = {}
     paths: dict[str, Callable[[Any, Any, int], Awaitable[None]]] = {
@@ -120,8 +128,8 @@ async def run(args: argparse.Namespace) -> dict[tuple[str, str], list[tuple[floa
     results: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     request = None
     for _ in range(args.rounds):
-        for label in ("thread", "loop", "echo"):
-            server_args = None if label == "echo" else ["--repository", str(repos[label])]
+        for label in LABELS:
+            server_args = None if label in ECHOES else ["--repository", str(repos[label])]
             request, found = await measure(label, server_args, request, args)
             for path, figures in found.items():
                 results[(label, path)].append(figures)
@@ -150,7 +158,7 @@ def main() -> int:
     print("|---|---|---:|---:|---:|")
     for path in ("unary", "stream"):
         echo = statistics.median(r for r, _ in results[("echo", path)])
-        for label in ("thread", "loop", "echo"):
+        for label in LABELS:
             rate = statistics.median(r for r, _ in results[(label, path)])
             cpu = statistics.median(c for _, c in results[(label, path)])
             print(f"| {label} | {path} | {rate:.0f} | {cpu:.0f} | {rate / echo:.3f} |")

@@ -45,14 +45,14 @@ def validate(
     groups requests that may share a batch: those whose non-batch dimensions are equal.
     """
     expected = {t.name for t in signature.inputs}
-    unknown = sorted(set(request.inputs) - expected)
-    if unknown:
-        raise InvalidRequest(
-            f"{label}: unknown input {', '.join(repr(n) for n in unknown)}; the model's inputs "
-            f"are {sorted(expected)}"
-        )
-    missing = [t.name for t in signature.inputs if t.name not in request.inputs]
-    if missing:
+    if request.inputs.keys() != expected:
+        unknown = sorted(set(request.inputs) - expected)
+        if unknown:
+            raise InvalidRequest(
+                f"{label}: unknown input {', '.join(repr(n) for n in unknown)}; the model's "
+                f"inputs are {sorted(expected)}"
+            )
+        missing = [t.name for t in signature.inputs if t.name not in request.inputs]
         raise InvalidRequest(
             f"{label}: missing input {', '.join(repr(n) for n in missing)}; the model needs "
             f"{sorted(expected)}"
@@ -68,29 +68,30 @@ def validate(
     inputs = request.inputs
     for spec in signature.inputs:
         array = request.inputs[spec.name]
-        where = f"{label}: input '{spec.name}'"
         if array.dtype != spec.datatype.numpy:
             # The decoder already mapped the wire datatype to numpy; report it in protocol terms.
             got = from_numpy(array.dtype).name
-            raise InvalidRequest(f"{where} expects datatype {spec.datatype.name}, got {got}")
+            raise InvalidRequest(
+                f"{label}: input '{spec.name}' expects datatype {spec.datatype.name}, got {got}"
+            )
         if array.ndim != len(spec.shape) or any(
             want != -1 and want != got for want, got in zip(spec.shape, array.shape, strict=True)
         ):
             raise InvalidRequest(
-                f"{where} expects shape {spec.describe()} (-1 = any size), got "
-                f"{_shape(array.shape)}"
+                f"{label}: input '{spec.name}' expects shape {spec.describe()} (-1 = any size), "
+                f"got {_shape(array.shape)}"
             )
         if spec.datatype is datatypes.BYTES:
             if inputs is request.inputs:
                 inputs = dict(inputs)
-            inputs[spec.name] = as_text(array, where)
+            inputs[spec.name] = as_text(array, f"{label}: input '{spec.name}'")
         if signature.batches:
             if rows is None:
                 rows = array.shape[0]
             elif array.shape[0] != rows:
                 raise InvalidRequest(
-                    f"{where} has {array.shape[0]} rows but the other inputs have {rows}; every "
-                    f"input of one request must have the same first dimension"
+                    f"{label}: input '{spec.name}' has {array.shape[0]} rows but the other inputs "
+                    f"have {rows}; every input of one request must have the same first dimension"
                 )
     if not signature.batches:
         return inputs, 1, None

@@ -52,7 +52,7 @@ def decode_infer_request(
         model_name=message.model_name,
         model_version=message.model_version,
         inputs=decode_inputs(message.model_name, message.inputs, message.raw_input_contents),
-        outputs=tuple(o.name for o in message.outputs),
+        outputs=tuple(o.name for o in message.outputs) if message.outputs else (),
         id=message.id,
         parameters=parameters,
         deadline=None if budget is None else time.monotonic() + budget,
