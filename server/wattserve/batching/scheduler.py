@@ -262,11 +262,10 @@ class DynamicBatcher:
         if all(queue[i] is p for i, p in enumerate(batch)):  # the usual case: the oldest ones
             for _ in batch:
                 queue.popleft()
-            self._queued_rows -= sum(p.rows for p in batch)
         else:  # requests of another shape were queued in between
             chosen = set(map(id, batch))
             self._queue = collections.deque(p for p in queue if id(p) not in chosen)
-            self._queued_rows -= sum(p.rows for p in batch)
+        self._queued_rows -= sum(p.rows for p in batch)
         return batch
 
     def _drop_abandoned(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from wattserve import __version__
 from wattserve.core.errors import NotAllowed, WattserveError
@@ -29,9 +29,9 @@ class _Admitted:
     request: InferRequest
     model: ServedModel
     started_ns: int
-    inputs: Tensors = field(default_factory=dict)
-    rows: int = 0
-    shape_key: Hashable = None
+    inputs: Tensors
+    rows: int
+    shape_key: Hashable
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -122,15 +122,13 @@ class DataPlane:
     def _admit(self, request: InferRequest) -> _Admitted:
         """Find the model and validate the request; a refusal is counted as a failure."""
         model = self._registry.get(request.model_name, request.model_version)
-        admitted = _Admitted(request, model, time.perf_counter_ns())
+        started_ns = time.perf_counter_ns()
         try:
-            admitted.inputs, admitted.rows, admitted.shape_key = validate(
-                request, model.signature, model.label
-            )
+            inputs, rows, shape_key = validate(request, model.signature, model.label)
         except WattserveError as exc:
-            self._failed(admitted, exc)
+            self._failed(_Admitted(request, model, started_ns, {}, 0, None), exc)
             raise
-        return admitted
+        return _Admitted(request, model, started_ns, inputs, rows, shape_key)
 
     def _failed(self, admitted: _Admitted, exc: BaseException) -> None:
         model = admitted.model
