@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import contextlib
-import functools
 import logging
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
 import grpc
 
-from wattserve.core.dataplane import DataPlane, Submitted
+from wattserve.core.dataplane import DataPlane
 from wattserve.core.errors import InvalidRequest, WattserveError
 from wattserve.core.types import DEFAULT_TENANT, InferRequest
 from wattserve.grpc import messages
 from wattserve.grpc.status import describe, translate_errors
+from wattserve.grpc.stream import StreamAnswers
 from wattserve.grpc.tenants import tenant_of
 from wattserve.protocol import pb, pb_grpc
 
@@ -79,74 +77,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         they finish, each carrying its request's id. A failed request answers `error_message`;
         the stream goes on.
 
-        No task per message: each queued request's future hands its response to the outbox.
+        How: wattserve.grpc.stream.
         """
         try:
             tenant = tenant_of(context.invocation_metadata())
         except WattserveError as exc:
             await context.abort(*describe(exc))
-        outbox: collections.deque[Any] = collections.deque()
-        posted = asyncio.Event()
-        queued: set[Submitted] = set()
-        reading = True
-
-        def failed(request: Any, exc: Exception) -> Any:
-            _, message = describe(exc)
-            response = pb.ModelStreamInferResponse(error_message=message)
-            answer = response.infer_response
-            answer.model_name = request.model_name
-            answer.model_version = request.model_version
-            answer.id = request.id
-            return response
-
-        def finished(request: Any, submitted: Submitted, _: object) -> None:
-            queued.discard(submitted)
-            try:
-                answer = self._dataplane.collect(submitted)
-            except asyncio.CancelledError:
-                return  # the stream went away before this request ran (counted as cancelled)
-            except Exception as exc:
-                outbox.append(failed(request, exc))
-            else:
-                response = pb.ModelStreamInferResponse()
-                messages.encode_infer_response(answer, response.infer_response)
-                outbox.append(response)
-            posted.set()
-
-        async def read() -> None:
-            nonlocal reading
-            try:
-                async for request in request_iterator:
-                    try:
-                        submitted = self._dataplane.submit(self._decode(request, None, tenant))
-                    except Exception as exc:  # this message fails; the stream goes on
-                        outbox.append(failed(request, exc))
-                        posted.set()
-                        continue
-                    queued.add(submitted)
-                    submitted.future.add_done_callback(
-                        functools.partial(finished, request, submitted)
-                    )
-            finally:
-                reading = False
-                posted.set()
-
-        reader = asyncio.create_task(read())
-        try:
-            while True:
-                while outbox:
-                    yield outbox.popleft()
-                if not reading and not queued:
-                    break
-                posted.clear()
-                await posted.wait()
-            await reader  # surfaces a failure to read the stream
-        finally:
-            reader.cancel()
-            for submitted in list(queued):  # the stream is gone: drop what has not run
-                submitted.future.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(reader, return_exceptions=True)
+        answers = StreamAnswers(self._dataplane, lambda r: self._decode(r, None, tenant))
+        # aclosing: when gRPC stops this generator, the inner one drops what has not run.
+        async with contextlib.aclosing(answers.responses(request_iterator)) as responses:
+            async for response in responses:
+                yield response
 
     @translate_errors
     async def ModelConfig(self, request: Any, context: Context) -> Any:
