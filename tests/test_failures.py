@@ -1,21 +1,25 @@
 """Failures stay contained: a failing batch, an unsplittable output, a full queue, a passed
-deadline, and shutdown with requests in flight."""
+deadline, a stream that goes away with requests queued, and shutdown with requests in flight."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 import sqlite3
+import urllib.request
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
+from tests.grpc.test_errors import dense, raw_request
 from tests.grpc.test_tritonclient import triton_input
 from tests.support import run_server, wait_for
+from wattserve.protocol import pb, pb_grpc
 
 
 def failing_inputs(index: int) -> list[triton.InferInput]:
@@ -107,6 +111,65 @@ async def test_full_queue_rejects_with_resource_exhausted_and_keeps_serving(
                 assert "max_queue_size" in error.message()
             again = await client.infer("dense", [triton_input(triton_aio, "input", x[:1], "FP32")])
             assert again.as_numpy("output").shape == (1, 512)
+
+
+async def test_stream_cancelled_with_requests_queued_drops_them_and_counts_them(
+    demo_repository: Path,
+) -> None:
+    """A client cancels its stream after the first answer, with most of its requests still
+    queued: those never run, each is counted as CANCELLED (statistics, metrics, ledger), and the
+    server goes on serving. (The test fails if the stream's queued requests are not cancelled.)"""
+    sent = 40
+    message = raw_request("dense", dense(rows=64))  # 2 per batch of 128 rows: ~20 batches
+    with run_server("--repository", str(demo_repository)) as server:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+            call = stub.ModelStreamInfer()
+            for index in range(sent):
+                message.id = str(index)
+                await call.write(message)
+            first = await call.read()
+            call.cancel()
+            assert not first.error_message
+            assert first.infer_response.outputs[0].shape == [64, 512]
+            # Settled: every request the server read has ended, answered or dropped. (Those it
+            # had not read yet were cancelled with the stream by gRPC and reach nobody's count.)
+            seen: list[tuple[int, int, int]] = []
+            while len(seen) < 5 or len(set(seen[-5:])) > 1:
+                response = await stub.ModelStatistics(pb.ModelStatisticsRequest(name="dense"))
+                stats = response.model_stats[0]
+                durations = stats.inference_stats
+                seen.append((durations.success.count, durations.fail.count, stats.inference_count))
+                assert len(seen) < 200, seen[-5:]
+                await asyncio.sleep(0.1)
+            ok, cancelled, rows = seen[-1]
+            assert ok >= 1 and ok + cancelled <= sent, (ok, cancelled)
+            # A batch running when the stream went away still ran: its requests count as
+            # cancelled (their answers had nowhere to go). The others never ran.
+            ran_unanswered = rows // 64 - ok
+            assert 0 <= ran_unanswered <= 2, (ok, cancelled, rows)
+            assert cancelled - ran_unanswered >= 1, (ok, cancelled, rows)
+            again = await stub.ModelInfer(raw_request("dense", dense(rows=1)))
+            assert again.outputs[0].shape == [1, 512]
+        # The meter folds its counts once per interval.
+        wait_for(lambda: failures(server.metrics_url, "dense", "CANCELLED") == cancelled)
+        server.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: server.process.poll() is not None, timeout_s=30)
+        with sqlite3.connect(server.ledger_path) as db:
+            reached, failed = db.execute(
+                "SELECT sum(requests), sum(errors) FROM usage WHERE model = 'dense'"
+            ).fetchone()
+    assert (reached, failed) == (ok + cancelled + 1, cancelled)
+
+
+def failures(metrics_url: str, model: str, code: str) -> float:
+    """wattserve_request_failures_total for one model and status code (0 before any)."""
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    labels = (f'model="{model}"', f'code="{code}"')
+    for line in text.splitlines():
+        if line.startswith("wattserve_request_failures_total{") and all(x in line for x in labels):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 async def test_shutdown_finishes_accepted_requests(

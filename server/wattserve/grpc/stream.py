@@ -45,7 +45,8 @@ class StreamAnswers:
             await reader  # surfaces a failure to read the stream
         finally:
             reader.cancel()
-            for submitted in list(self._queued):  # the stream is gone: drop what has not run
+            # The stream is gone: queued requests never run; a running batch's answers are lost.
+            for submitted in list(self._queued):
                 submitted.future.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(reader, return_exceptions=True)
