@@ -15,6 +15,15 @@ Every server runs pinned to `--server-core`, and the closed-loop load generator 
 stable windows (up to `--max-windows`). The tables print requests/s, samples/s, p50/p99, the
 server's and the load generator's CPU (a load generator near 1.0 core is the limit, not the
 server), rows per executed batch, and then each target of issue 5 with its ratio.
+
+**The verdicts come from paired rounds** (`_paired.py`). A shared VM drifts by tens of percent
+within minutes, so a ratio of two sweep points measured minutes apart is printed for reference
+only. After the sweep, each target is measured again in `--rounds` rounds, its two sides
+(wattserve and echo, wattserve and in-process ONNX Runtime, stream and unary) back to back, the
+first side alternating between rounds; every round's ratio is printed, and the verdict is on
+their median. Both servers stay up for the whole run, pinned to the same core; the one not being
+measured is frozen (SIGSTOP, with its child processes), and both are frozen while ONNX Runtime
+runs.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ import _ort
 import grpc
 import psutil
 from _loadgen import batch_counts
+from _paired import Rounds, Side, alternate, frozen
 from _server import ServerProcess, serving, steal_counter, steal_since
 from serve_vs_ort import machine_facts, pin_process
 
@@ -49,6 +59,9 @@ from wattserve_client.payloads import PayloadShape
 from wattserve_client.sweep import Target, build_request
 
 ECHO = Path(__file__).with_name("_echo.py")
+HEAVY_WINDOWS = 4
+"""The heavy model's paired windows are this many times longer: at 8 in flight its batches end
+about 4 times a second, and a 2 s window would count 7 or 8 of them (±13%)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +127,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--server-core", type=int, default=0)
     parser.add_argument("--client-core", type=int, default=1)
     parser.add_argument("--cases", default="", help="only the cases whose label contains this")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="paired rounds per target (the verdicts' figures)"
+    )
+    parser.add_argument("--pair-window-s", type=float, default=2.0, help="one side of a round")
     parser.add_argument("--json", type=Path, default=None, help="also write every point here")
     parser.add_argument(
         "--run-on",
@@ -166,7 +183,9 @@ async def measure(
     args: argparse.Namespace,
 ) -> list[Point]:
     """Every case's concurrencies against one running server."""
-    schedule = Schedule(args.warmup_s, args.window_s, 3, args.max_windows, 0.10)
+    schedule = Schedule(
+        args.warmup_s, args.window_s, min(3, args.max_windows), args.max_windows, 0.10
+    )
     points = []
     async with grpc.aio.insecure_channel(server.address, options=CHANNEL_OPTIONS) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
@@ -204,17 +223,169 @@ async def build_requests(server: ServerProcess, selected: list[Case]) -> dict[st
 
 
 async def run_servers(
-    repository: Path, selected: list[Case], args: argparse.Namespace
-) -> list[Point]:
+    repository: Path,
+    selected: list[Case],
+    ort: dict[str, list[_ort.OrtPoint]],
+    args: argparse.Namespace,
+) -> tuple[list[Point], list[Paired]]:
+    """The sweep of each server, then the paired rounds. Both servers stay up throughout; the one
+    not being measured is frozen (`_paired.frozen`)."""
     wattserve = ["--repository", str(repository)]
-    async with serving(repository.parent, args.server_core, wattserve) as server:
-        requests = await build_requests(server, selected)
-        points = await measure(server, "wattserve", requests, selected, args)
     echo_cases = [c for c in selected if c.model != _heavy.NAME and c.rows == 1]
-    command = [sys.executable, str(ECHO)]
-    async with serving(repository.parent, args.server_core, command=command) as server:
-        points += await measure(server, "echo", requests, echo_cases, args)
-    return points
+    async with (
+        serving(repository.parent, args.server_core, wattserve) as served,
+        serving(repository.parent, args.server_core, command=[sys.executable, str(ECHO)]) as echo,
+    ):
+        requests = await build_requests(served, selected)
+        with frozen(echo):
+            points = await measure(served, "wattserve", requests, selected, args)
+        with frozen(served):
+            points += await measure(echo, "echo", requests, echo_cases, args)
+        print("... paired rounds", file=sys.stderr, flush=True)
+        paired = await measure_pairs(served, echo, requests, points, ort, repository, args)
+    return points, paired
+
+
+@dataclass(frozen=True, slots=True)
+class Paired:
+    """One target measured in paired rounds: A against B, side by side (`_paired`)."""
+
+    name: str
+    rounds: Rounds
+    goal: float
+    latency: bool = False
+    """False: A ÷ B must reach the goal. True: A - B (ms) must stay within it."""
+
+    def value(self, a: float, b: float) -> float:
+        return a - b if self.latency else a / b
+
+    @property
+    def median(self) -> float:
+        return self.rounds.median(self.value)
+
+    @property
+    def met(self) -> bool:
+        return self.median <= self.goal if self.latency else self.median >= self.goal
+
+    def row(self) -> tuple[str, ...]:
+        each = [self.value(a, b) for a, b in self.rounds.pairs]
+        if self.latency:
+            shown = f"{self.median:+.3f} ms", ", ".join(f"{v:+.2f}" for v in each)
+            goal = f"≤ {self.goal:+.3f} ms"
+        else:
+            shown = f"{self.median:.3f}", ", ".join(f"{v:.2f}" for v in each)
+            goal = f"≥ {self.goal}"
+        return (self.name, *shown, goal, "met" if self.met else "missed")
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "target": self.name,
+            "pairs": self.rounds.pairs,
+            "median": self.median,
+            "goal": self.goal,
+            "met": self.met,
+        }
+
+
+async def measure_pairs(
+    served: ServerProcess,
+    echo: ServerProcess,
+    requests: dict[str, Any],
+    points: list[Point],
+    ort: dict[str, list[_ort.OrtPoint]],
+    repository: Path,
+    args: argparse.Namespace,
+) -> list[Paired]:
+    """Each target of the sweep again, its two sides measured back to back in `--rounds`
+    rounds: served against echo, served against in-process ONNX Runtime, stream against unary."""
+    labels = {p.case.label: p.case for p in points}
+    top = max(args.concurrencies)
+    paired: list[Paired] = []
+    print(f"\n## Targets (issue 5), paired rounds: the verdicts ({args.rounds} rounds each)\n")
+    print("| target | median | each round | goal | |\n|---|---:|---|---:|---|")
+    async with (
+        grpc.aio.insecure_channel(served.address, options=CHANNEL_OPTIONS) as served_channel,
+        grpc.aio.insecure_channel(echo.address, options=CHANNEL_OPTIONS) as echo_channel,
+    ):
+        servers = {
+            "wattserve": (served, echo, pb_grpc.GRPCInferenceServiceStub(served_channel)),  # type: ignore[no-untyped-call]
+            "echo": (echo, served, pb_grpc.GRPCInferenceServiceStub(echo_channel)),  # type: ignore[no-untyped-call]
+        }
+
+        def load(server: str, label: str, concurrency: int, p50: bool = False) -> Side:
+            """Samples/s (or the p50 in ms) of one closed-loop window, the other server frozen."""
+            _, other, stub = servers[server]
+            case = labels[label]
+            window_s = args.pair_window_s * (HEAVY_WINDOWS if case.model == _heavy.NAME else 1)
+            schedule = Schedule(args.warmup_s, window_s, 1, 1, -1.0)
+
+            async def side() -> float:
+                with frozen(other):
+                    loop = stream_closed_loop if case.stream else closed_loop
+                    m = await loop(
+                        stub, requests[label], concurrency=concurrency, schedule=schedule
+                    )
+                return m.latency_ms(50) if p50 else m.requests_per_s * case.rows
+
+            return side
+
+        def ceiling(model: str) -> Side:
+            """In-process ONNX Runtime at the batch size that did best in the first table."""
+            batch = _ort.best(ort[model]).batch
+            factor = HEAVY_WINDOWS if model == _heavy.NAME else 1
+
+            async def side() -> float:
+                with frozen(served, echo):
+                    (point,) = await asyncio.to_thread(
+                        _ort.measure_in_child,
+                        repository / model / "1" / "model.onnx",
+                        core=args.server_core,
+                        batch_sizes=(batch,),
+                        warmup_s=min(1.0, args.ort_s),
+                        duration_s=args.pair_window_s * factor,
+                    )
+                return point.samples_per_s
+
+            return side
+
+        async def pair(name: str, a: Side, b: Side, goal: float, latency: bool = False) -> None:
+            found = Paired(name, await alternate(a, b, args.rounds), goal, latency)
+            print("| " + " | ".join(found.row()) + " |", flush=True)
+            paired.append(found)
+
+        def best(label: str) -> int:
+            return max(
+                (p for p in points if p.server == "wattserve" and p.case.label == label),
+                key=lambda p: p.requests_per_s,
+            ).concurrency
+
+        echoed = {p.case.label for p in points if p.server == "echo"}
+        for label, goal in (("tabular 1 row", 0.9), ("dense 1 row", 0.8)):
+            if label in echoed and top in labels[label].concurrencies:
+                a, b = load("wattserve", label, top), load("echo", label, top)
+                await pair(f"{label}, {top} in flight ÷ echo floor (req/s)", a, b, goal)
+        if "dense 16 rows" in labels and "dense" in ort:
+            a, b = load("wattserve", "dense 16 rows", top), ceiling("dense")
+            await pair(f"dense 16 rows, {top} in flight ÷ ORT ceiling (samples/s)", a, b, 0.85)
+        heavy = [label for label, case in labels.items() if case.model == _heavy.NAME]
+        if heavy and _heavy.NAME in ort:
+            concurrency = best(heavy[0])
+            a, b = load("wattserve", heavy[0], concurrency), ceiling(_heavy.NAME)
+            await pair(f"heavy, {concurrency} in flight ÷ ORT ceiling (samples/s)", a, b, 0.97)
+        stream = "tabular 1 row, stream"
+        if stream in labels and "tabular 1 row" in labels:
+            a, b = (
+                load("wattserve", stream, best(stream)),
+                load("wattserve", "tabular 1 row", best("tabular 1 row")),
+            )
+            await pair("tabular stream ÷ unary, best in flight of each (req/s)", a, b, 2.0)
+        for label, model in (("tabular 1 row", "tabular_classifier"), ("dense 1 row", "dense")):
+            if label in echoed and 1 in labels[label].concurrencies and model in ort:
+                batch1 = next(p for p in ort[model] if p.batch == 1).ms_per_batch
+                a, b = load("wattserve", label, 1, p50=True), load("echo", label, 1, p50=True)
+                name = f"{label}, 1 in flight: p50 - echo p50 ≤ ORT batch-1 + 0.25 ms"
+                await pair(name, a, b, batch1 + 0.25, latency=True)
+    return paired
 
 
 ORT_BATCHES = {
@@ -386,7 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         steal = steal_counter()
-        points = asyncio.run(run_servers(repository, selected, args))
+        points, paired = asyncio.run(run_servers(repository, selected, ort, args))
         stolen = steal_since(steal)
         # The machine's speed drifts over minutes: measure the ceiling again and pool both.
         print("... measuring ONNX Runtime in process again", file=sys.stderr, flush=True)
@@ -399,12 +570,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ort.items(), measure_ort(repository, selected, args).values(), strict=True
             )
         }
-        print("\n## ONNX Runtime, before and after the served runs pooled (the ratios' ceiling)\n")
+        print("\n## ONNX Runtime, before and after the served runs pooled (the sweep's ceiling)\n")
         print_ort(ort)
-    print("\n## Targets (issue 5)\n")
+    print("\n## Targets from the sweep, for reference (each side measured once, minutes apart)\n")
     print("| target | measured | goal | |\n|---|---:|---:|---|")
     for row in targets(points, ort):
         print("| " + " | ".join(row) + " |")
+    print("\n## Verdicts (paired rounds)\n")
+    for found in paired:
+        print(f"- {found.name}: {'met' if found.met else 'missed'}")
     print(f"\nThe VM host stole {stolen:.1%} of the machine's CPU during the served runs.")
     if args.json is not None:
         document = {
@@ -415,6 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
             "points": [p.as_json() for p in points],
             "targets": targets(points, ort),
+            "paired": [found.as_json() for found in paired],
             "steal": stolen,
         }
         args.json.write_text(json.dumps(document, indent=2) + "\n")

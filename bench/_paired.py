@@ -1,0 +1,66 @@
+"""Paired rounds: a ratio whose two sides are measured next to each other, again and again.
+
+A shared VM's speed drifts by tens of percent within minutes (time stolen by the host, neighbours'
+caches), so a ratio of two figures measured minutes apart says as much about the machine as about
+the servers. Here each round measures both sides back to back, a few seconds apart, and the
+rounds alternate which side goes first (A B, B A, A B, ...), so a steady drift favours neither.
+The verdict is on the median of the rounds' ratios; the spread (lowest and highest round) shows
+how far one round can be trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import statistics
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+
+from _server import ServerProcess
+
+Side = Callable[[], Awaitable[float]]
+"""Measures one side of a ratio once and returns its figure (requests/s, samples/s, ms)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rounds:
+    """Each round's two figures, in the order the sides were named (not the order run)."""
+
+    pairs: list[tuple[float, float]]
+
+    @property
+    def ratios(self) -> list[float]:
+        return [a / b for a, b in self.pairs]
+
+    def median(self, of: Callable[[float, float], float]) -> float:
+        return statistics.median(of(a, b) for a, b in self.pairs)
+
+    def spread(self, of: Callable[[float, float], float]) -> tuple[float, float]:
+        values = [of(a, b) for a, b in self.pairs]
+        return min(values), max(values)
+
+
+async def alternate(a: Side, b: Side, rounds: int) -> Rounds:
+    """`rounds` measurements of each side, in the order A B, B A, A B, ..."""
+    pairs = []
+    for n in range(rounds):
+        if n % 2 == 0:
+            first = await a()
+            pairs.append((first, await b()))
+        else:
+            second = await b()
+            pairs.append((await a(), second))
+    return Rounds(pairs)
+
+
+@contextlib.contextmanager
+def frozen(*servers: ServerProcess) -> Iterator[None]:
+    """Stop servers (and their child processes: the meter's energy process) while another is
+    measured, so that their timers and samplers take nothing from its core; resumed on exit."""
+    for server in servers:
+        server.signal_tree(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for server in servers:
+            server.signal_tree(signal.SIGCONT)

@@ -1,0 +1,60 @@
+"""`bench/perf.py` still runs end to end: a short run, its JSON checked target by target.
+
+Figures are not judged here (speed is measured by the bench, never asserted in tests); what is
+checked is that every part a user reads comes out: each served point without errors, the ONNX
+Runtime ceiling, and each paired target with one ratio per round and a verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).parents[2] / "bench" / "perf.py"
+SHORT = [
+    *("--cases", "tabular 1 row", "--concurrency", "1,4"),
+    *("--warmup-s", "0.2", "--window-s", "0.3", "--max-windows", "1", "--ort-s", "0.2"),
+    *("--rounds", "2", "--pair-window-s", "0.3"),
+]
+
+
+def test_perf_runs_and_reports_every_target(tmp_path: Path) -> None:
+    results = tmp_path / "perf.json"
+    run = subprocess.run(
+        [sys.executable, str(BENCH), *SHORT, "--json", str(results)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    document = json.loads(results.read_text())
+    points = document["points"]
+    assert {(p["server"], p["case"], p["concurrency"]) for p in points} == {
+        ("wattserve", "tabular 1 row", 1),
+        ("wattserve", "tabular 1 row", 4),
+        ("wattserve", "tabular 1 row, stream", 32),
+        ("wattserve", "tabular 1 row, stream", 128),
+        ("echo", "tabular 1 row", 1),
+        ("echo", "tabular 1 row", 4),
+        ("echo", "tabular 1 row, stream", 32),
+        ("echo", "tabular 1 row, stream", 128),
+    }
+    for point in points:
+        assert point["errors"] == 0 and point["requests_per_s"] > 0, point
+    assert document["ort"]["tabular_classifier"][0]["samples_per_s"] > 0
+    paired = {p["target"]: p for p in document["paired"]}
+    assert sorted(paired) == [
+        "tabular 1 row, 1 in flight: p50 - echo p50 ≤ ORT batch-1 + 0.25 ms",
+        "tabular 1 row, 4 in flight ÷ echo floor (req/s)",
+        "tabular stream ÷ unary, best in flight of each (req/s)",
+    ]
+    for target in paired.values():
+        assert len(target["pairs"]) == 2
+        assert all(a > 0 and b > 0 for a, b in target["pairs"]), target
+        assert math.isfinite(target["median"]) and isinstance(target["met"], bool)
+    # The printed verdicts are the paired ones.
+    for name, target in paired.items():
+        assert f"- {name}: {'met' if target['met'] else 'missed'}" in run.stdout
