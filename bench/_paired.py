@@ -28,16 +28,9 @@ class Rounds:
 
     pairs: list[tuple[float, float]]
 
-    @property
-    def ratios(self) -> list[float]:
-        return [a / b for a, b in self.pairs]
-
     def median(self, of: Callable[[float, float], float]) -> float:
+        """The median round of `of(a, b)` (a ratio, a difference)."""
         return statistics.median(of(a, b) for a, b in self.pairs)
-
-    def spread(self, of: Callable[[float, float], float]) -> tuple[float, float]:
-        values = [of(a, b) for a, b in self.pairs]
-        return min(values), max(values)
 
 
 async def alternate(a: Side, b: Side, rounds: int) -> Rounds:

@@ -60,8 +60,8 @@ from wattserve_client.sweep import Target, build_request
 
 ECHO = Path(__file__).with_name("_echo.py")
 HEAVY_WINDOWS = 4
-"""The heavy model's paired windows are this many times longer: at 8 in flight its batches end
-about 4 times a second, and a 2 s window would count 7 or 8 of them (±13%)."""
+"""The heavy model's paired windows are this many times longer: its batches of 4-8 rows end only
+a few times a second, so a 2 s window would count one batch more or less (±13%)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +248,7 @@ async def run_servers(
 
 @dataclass(frozen=True, slots=True)
 class Paired:
-    """One target measured in paired rounds: A against B, side by side (`_paired`)."""
+    """One target measured in paired rounds: A against B, back to back (`_paired`)."""
 
     name: str
     rounds: Rounds
