@@ -1,8 +1,9 @@
-"""`bench/perf.py` still runs end to end: a short run, its JSON checked target by target.
+"""The benches still run end to end: short runs of `bench/perf.py` and `bench/ab.py`.
 
-Figures are not judged here (speed is measured by the bench, never asserted in tests); what is
-checked is that every part a user reads comes out: each served point without errors, the ONNX
-Runtime ceiling, and each paired target with one ratio per round and a verdict.
+Figures are not judged here (speed is measured by the benches, never asserted in tests); what is
+checked is that every part a user reads comes out: for perf.py, each served point without errors,
+the ONNX Runtime ceiling, and each paired target with one ratio per round and a verdict; for
+ab.py, both sides of every round and the median.
 """
 
 from __future__ import annotations
@@ -58,3 +59,23 @@ def test_perf_runs_and_reports_every_target(tmp_path: Path) -> None:
     # The printed verdicts are the paired ones.
     for name, target in paired.items():
         assert f"- {name}: {'met' if target['met'] else 'missed'}" in run.stdout
+
+
+def test_ab_runs_paired_rounds_of_two_configurations() -> None:
+    """An A/A run of `bench/ab.py`: both sides measured in each round, the median printed."""
+    run = subprocess.run(
+        [
+            *(sys.executable, str(BENCH.with_name("ab.py")), "--a", "", "--b", "--log-level INFO"),
+            *("--concurrency", "4", "--rounds", "2", "--warmup-s", "0.2", "--window-s", "0.3"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    sides = [line.split(" | ") for line in run.stdout.splitlines() if line.startswith("| A |")]
+    sides += [line.split(" | ") for line in run.stdout.splitlines() if line.startswith("| B |")]
+    assert len(sides) == 4
+    for side in sides:
+        assert float(side[1]) > 0 and side[4].rstrip(" |") == "0", side  # req/s, errors
+    assert "B ÷ A, median of 2 rounds: " in run.stdout

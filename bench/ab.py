@@ -1,0 +1,122 @@
+"""Two server configurations against each other, in paired rounds: is B faster than A?
+
+    python bench/ab.py --a "--repository REPO_A" --b "--repository REPO_B" \\
+        [--model tabular_classifier] [--rows 1] [--concurrency 128] [--stream] [--rounds 6]
+
+Both servers (`wattserve serve` with the given extra arguments, meter on) run pinned to the same
+core; the load generator runs in this process on the other. Each round measures A and B back to
+back, the one not measured frozen, and the side that goes first alternates (`_paired.py`), so a
+drifting VM favours neither. Per round it prints each side's requests/s, server CPU per request
+and rows per executed batch, then the median of B ÷ A over the rounds: the figure to decide on.
+
+Use it before changing a default (a batching delay, a session option): two single runs minutes
+apart differ by more than most such changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import statistics
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from _loadgen import batch_counts
+from _paired import alternate, frozen
+from _server import serving, steal_counter, steal_since
+from serve_vs_ort import machine_facts, pin_process
+
+from wattserve.protocol import pb_grpc
+from wattserve_client._request import CHANNEL_OPTIONS
+from wattserve_client.loadgen import Schedule, closed_loop, stream_closed_loop
+from wattserve_client.payloads import PayloadShape
+from wattserve_client.sweep import Target, build_request
+
+SERVER_CORE, CLIENT_CORE = 0, 1
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--a", required=True, help="`wattserve serve` arguments of A (quoted)")
+    parser.add_argument("--b", required=True, help="`wattserve serve` arguments of B (quoted)")
+    parser.add_argument("--model", default="tabular_classifier")
+    parser.add_argument("--rows", type=int, default=1, help="rows per request")
+    parser.add_argument("--concurrency", type=int, default=128, help="requests in flight")
+    parser.add_argument("--stream", action="store_true", help="on one ModelStreamInfer stream")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--warmup-s", type=float, default=1.0)
+    parser.add_argument("--window-s", type=float, default=3.0)
+    return parser.parse_args(argv)
+
+
+async def run(args: argparse.Namespace, scratch: Path) -> list[tuple[float, float]]:
+    async with (
+        serving(scratch / "demo", SERVER_CORE, shlex.split(args.a)) as a,
+        serving(scratch / "demo", SERVER_CORE, shlex.split(args.b)) as b,
+        grpc.aio.insecure_channel(a.address, options=CHANNEL_OPTIONS) as a_channel,
+        grpc.aio.insecure_channel(b.address, options=CHANNEL_OPTIONS) as b_channel,
+    ):
+        stubs = {
+            "A": (a, b, pb_grpc.GRPCInferenceServiceStub(a_channel)),  # type: ignore[no-untyped-call]
+            "B": (b, a, pb_grpc.GRPCInferenceServiceStub(b_channel)),  # type: ignore[no-untyped-call]
+        }
+        target = Target(a.address, args.model, shape=PayloadShape(rows=args.rows))
+        request = await build_request(stubs["A"][2], target)
+        schedule = Schedule(args.warmup_s, args.window_s, 1, 1, -1.0)
+        loop = stream_closed_loop if args.stream else closed_loop
+
+        def side(name: str) -> Any:
+            server, other, stub = stubs[name]
+
+            async def measure() -> float:
+                with frozen(other):
+                    before = await batch_counts(stub, args.model)
+                    m = await loop(
+                        stub,
+                        request,
+                        concurrency=args.concurrency,
+                        schedule=schedule,
+                        cpu_probes=[lambda: {"server": server.cpu_seconds()["server"]}],
+                    )
+                    rows, batches = await batch_counts(stub, args.model)
+                cores = m.cpu_cores("server") or 0.0
+                per_batch = (rows - before[0]) / max(batches - before[1], 1)
+                print(
+                    f"| {name} | {m.requests_per_s:.0f} | {cores / m.requests_per_s * 1e6:.0f} "
+                    f"| {per_batch:.1f} | {m.errors} |",
+                    flush=True,
+                )
+                return m.requests_per_s
+
+            return measure
+
+        print("| side | req/s | server µs/req | rows/batch | errors |\n|---|---:|---:|---:|---:|")
+        return (await alternate(side("A"), side("B"), args.rounds)).pairs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    facts = machine_facts()
+    print(f"# bench/ab.py, {facts['date']}: {facts['nproc']} cores ({facts['cpu']})")
+    print(f"# A: {args.a}\n# B: {args.b}")
+    path = "one stream" if args.stream else "unary"
+    print(f"# {args.model}, {args.rows} row(s), {args.concurrency} in flight, {path}\n")
+    pin_process({CLIENT_CORE})
+    steal = steal_counter()
+    with tempfile.TemporaryDirectory(prefix="wattserve-ab-") as tmp:
+        pairs = asyncio.run(run(args, Path(tmp)))
+    ratios = [b / a for a, b in pairs]
+    print(f"\nB ÷ A per round: {', '.join(f'{r:.3f}' for r in ratios)}")
+    print(f"B ÷ A, median of {len(ratios)} rounds: {statistics.median(ratios):.3f}")
+    print(f"The VM host stole {steal_since(steal):.1%} of the machine's CPU meanwhile.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
