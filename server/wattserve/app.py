@@ -132,6 +132,13 @@ class App:
         self._meter: Meter | None = None
         self._metrics: object | None = None
 
+    @property
+    def dataplane(self) -> DataPlane:
+        """What the gRPC service calls, once started: for callers in the same process."""
+        if self._dataplane is None:
+            raise RuntimeError("the server has not started")
+        return self._dataplane
+
     async def start(self) -> int:
         """Listen, load the models, then report ready. Returns the bound port."""
         settings = self.settings

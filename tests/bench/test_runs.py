@@ -1,9 +1,10 @@
-"""The benches still run end to end: short runs of `bench/perf.py` and `bench/ab.py`.
+"""The benches still run end to end: short runs of `bench/perf.py`, `bench/ab.py` and
+`bench/request_path.py`.
 
 Figures are not judged here (speed is measured by the benches, never asserted in tests); what is
 checked is that every part a user reads comes out: for perf.py, each served point without errors,
 the ONNX Runtime ceiling, and each paired target with one ratio per round and a verdict; for
-ab.py, both sides of every round and the median.
+ab.py, both sides of every round and the median; for request_path.py, both handlers' figures.
 """
 
 from __future__ import annotations
@@ -79,3 +80,18 @@ def test_ab_runs_paired_rounds_of_two_configurations() -> None:
     for side in sides:
         assert float(side[1]) > 0 and side[4].rstrip(" |") == "0", side  # req/s, errors
     assert "B ÷ A, median of 2 rounds: " in run.stdout
+
+
+def test_request_path_compares_the_servicer_with_echo_in_process() -> None:
+    run = subprocess.run(
+        [sys.executable, str(BENCH.with_name("request_path.py")), "--requests", "300"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [line.split(" | ") for line in run.stdout.splitlines() if line.startswith("| 1")]
+    assert [row[0] for row in rows] == ["| 1", "| 128"]
+    for row in rows:
+        ours, echo, rows_per_batch = float(row[1]), float(row[2]), float(row[4].rstrip(" |"))
+        assert ours > 0 and echo > 0 and rows_per_batch >= 1, row

@@ -66,14 +66,13 @@ class ServedModel:
     statistics: ModelStatistics = field(default_factory=ModelStatistics)
     output_types: dict[str, Datatype] = field(init=False)
     all_outputs: tuple[str, ...] = field(init=False)
+    label: str = field(init=False)
+    """"model 'NAME' version N", for messages (built once: every request passes it on)."""
 
     def __post_init__(self) -> None:
         self.output_types = {t.name: t.datatype for t in self.signature.outputs}
         self.all_outputs = tuple(self.output_types)
-
-    @property
-    def label(self) -> str:
-        return f"model '{self.name}' version {self.version}"
+        self.label = f"model '{self.name}' version {self.version}"
 
 
 ModelBuilder = Callable[[ModelSource], Awaitable[dict[int, ServedModel]]]
