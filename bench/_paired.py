@@ -11,6 +11,7 @@ how far one round can be trusted.
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import statistics
 from collections.abc import Awaitable, Callable, Iterator
@@ -43,6 +44,12 @@ async def alternate(a: Side, b: Side, rounds: int) -> Rounds:
         else:
             second = await b()
             pairs.append((await a(), second))
+        for side, value in zip("AB", pairs[-1], strict=True):
+            if not 0 < value < math.inf:
+                raise RuntimeError(
+                    f"side {side} measured {value} in round {n + 1}: no request completed in "
+                    f"its window (the server stalled, or the window is too short here)"
+                )
     return Rounds(pairs)
 
 

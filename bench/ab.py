@@ -85,10 +85,11 @@ async def run(args: argparse.Namespace, scratch: Path) -> list[tuple[float, floa
                     )
                     rows, batches = await batch_counts(stub, args.model)
                 cores = m.cpu_cores("server") or 0.0
+                per_request = f"{cores / m.requests_per_s * 1e6:.0f}" if m.requests else "-"
                 per_batch = (rows - before[0]) / max(batches - before[1], 1)
                 print(
-                    f"| {name} | {m.requests_per_s:.0f} | {cores / m.requests_per_s * 1e6:.0f} "
-                    f"| {per_batch:.1f} | {m.errors} |",
+                    f"| {name} | {m.requests_per_s:.0f} | {per_request} | {per_batch:.1f} "
+                    f"| {m.errors} |",
                     flush=True,
                 )
                 return m.requests_per_s

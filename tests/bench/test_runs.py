@@ -18,8 +18,8 @@ from pathlib import Path
 BENCH = Path(__file__).parents[2] / "bench" / "perf.py"
 SHORT = [
     *("--cases", "tabular 1 row", "--concurrency", "1,4"),
-    *("--warmup-s", "0.2", "--window-s", "0.3", "--max-windows", "1", "--ort-s", "0.2"),
-    *("--rounds", "2", "--pair-window-s", "0.3"),
+    *("--warmup-s", "0.3", "--window-s", "0.5", "--max-windows", "1", "--ort-s", "0.2"),
+    *("--rounds", "2", "--pair-window-s", "0.5"),
 ]
 
 
@@ -67,7 +67,7 @@ def test_ab_runs_paired_rounds_of_two_configurations() -> None:
     run = subprocess.run(
         [
             *(sys.executable, str(BENCH.with_name("ab.py")), "--a", "", "--b", "--log-level INFO"),
-            *("--concurrency", "4", "--rounds", "2", "--warmup-s", "0.2", "--window-s", "0.3"),
+            *("--concurrency", "4", "--rounds", "2", "--warmup-s", "0.5", "--window-s", "1"),
         ],
         capture_output=True,
         text=True,
