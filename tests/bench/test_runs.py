@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).parents[2] / "bench" / "perf.py"
+BENCH = Path(__file__).parents[2] / "bench"
 SHORT = [
     *("--cases", "tabular 1 row", "--concurrency", "1,4"),
     *("--warmup-s", "0.3", "--window-s", "0.5", "--max-windows", "1", "--ort-s", "0.2"),
@@ -23,15 +23,18 @@ SHORT = [
 ]
 
 
-def test_perf_runs_and_reports_every_target(tmp_path: Path) -> None:
-    results = tmp_path / "perf.json"
+def bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run one bench script to its end; it must succeed."""
     run = subprocess.run(
-        [sys.executable, str(BENCH), *SHORT, "--json", str(results)],
-        capture_output=True,
-        text=True,
-        timeout=600,
+        [sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=600
     )
     assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+def test_perf_runs_and_reports_every_target(tmp_path: Path) -> None:
+    results = tmp_path / "perf.json"
+    run = bench("perf.py", *SHORT, "--json", str(results))
     document = json.loads(results.read_text())
     points = document["points"]
     assert {(p["server"], p["case"], p["concurrency"]) for p in points} == {
@@ -64,16 +67,11 @@ def test_perf_runs_and_reports_every_target(tmp_path: Path) -> None:
 
 def test_ab_runs_paired_rounds_of_two_configurations() -> None:
     """An A/A run of `bench/ab.py`: both sides measured in each round, the median printed."""
-    run = subprocess.run(
-        [
-            *(sys.executable, str(BENCH.with_name("ab.py")), "--a", "", "--b", "--log-level INFO"),
-            *("--concurrency", "4", "--rounds", "2", "--warmup-s", "0.5", "--window-s", "1"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    run = bench(
+        "ab.py",
+        *("--a", "", "--b", "--log-level INFO", "--concurrency", "4", "--rounds", "2"),
+        *("--warmup-s", "0.5", "--window-s", "1"),
     )
-    assert run.returncode == 0, run.stderr[-3000:]
     sides = [line.split(" | ") for line in run.stdout.splitlines() if line.startswith("| A |")]
     sides += [line.split(" | ") for line in run.stdout.splitlines() if line.startswith("| B |")]
     assert len(sides) == 4
@@ -83,13 +81,7 @@ def test_ab_runs_paired_rounds_of_two_configurations() -> None:
 
 
 def test_request_path_compares_the_servicer_with_echo_in_process() -> None:
-    run = subprocess.run(
-        [sys.executable, str(BENCH.with_name("request_path.py")), "--requests", "300"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = bench("request_path.py", "--requests", "300")
     rows = [line.split(" | ") for line in run.stdout.splitlines() if line.startswith("| 1")]
     assert [row[0] for row in rows] == ["| 1", "| 128"]
     for row in rows:
