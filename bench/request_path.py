@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import statistics
 import sys
 import tempfile
@@ -82,6 +83,8 @@ async def measure(args: argparse.Namespace, scratch: Path) -> dict[tuple[str, in
     )
     app = App(settings)
     await app.start()
+    gc.collect()  # as `wattserve serve` does once its models are loaded (docs/performance.md)
+    gc.freeze()
     try:
         address = f"127.0.0.1:{app.port}"
         async with grpc.aio.insecure_channel(address) as channel:
