@@ -4,8 +4,9 @@ A shared VM's speed drifts by tens of percent within minutes (time stolen by the
 caches), so a ratio of two figures measured minutes apart says as much about the machine as about
 the servers. Here each round measures both sides back to back, a few seconds apart, and the
 rounds alternate which side goes first (A B, B A, A B, ...), so a steady drift favours neither.
-The verdict is on the median of the rounds' ratios; the spread (lowest and highest round) shows
-how far one round can be trusted.
+The verdict is on the median of the rounds' ratios; the callers print every round, so the spread
+shows how far one round can be trusted. A side that completes nothing in its window is an error,
+never a ratio.
 """
 
 from __future__ import annotations

@@ -23,11 +23,10 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import grpc
 from _loadgen import batch_counts
-from _paired import alternate, frozen
+from _paired import Side, alternate, frozen
 from _server import serving, steal_counter, steal_since
 from serve_vs_ort import machine_facts, pin_process
 
@@ -70,7 +69,7 @@ async def run(args: argparse.Namespace, scratch: Path) -> list[tuple[float, floa
         schedule = Schedule(args.warmup_s, args.window_s, 1, 1, -1.0)
         loop = stream_closed_loop if args.stream else closed_loop
 
-        def side(name: str) -> Any:
+        def side(name: str) -> Side:
             server, other, stub = stubs[name]
 
             async def measure() -> float:
