@@ -141,6 +141,16 @@ CASES: dict[str, tuple[Any, grpc.StatusCode, list[str]]] = {
         INVALID,
         ["input 'input'", "must not be negative"],
     ),
+    # Two negative dimensions multiply to a positive element count that the bytes match.
+    "two negative dimensions": (
+        pb.ModelInferRequest(
+            model_name="dense",
+            inputs=[tensor("input", "FP32", [-2, -512])],
+            raw_input_contents=[b"\0" * 4096],
+        ),
+        INVALID,
+        ["input 'input'", "shape [-2, -512]", "must not be negative"],
+    ),
     "raw buffers fewer than inputs": (
         pb.ModelInferRequest(
             model_name="sum_model",

@@ -55,6 +55,21 @@ class TensorSpec:
     datatype: Datatype
     shape: tuple[int, ...]
     """Full shape as ModelMetadata reports it: -1 for variable dims, batch dim included."""
+    fixed: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
+    """(axis, size) of every dimension that is not variable: what validation checks."""
+
+    def __post_init__(self) -> None:
+        fixed = tuple((axis, size) for axis, size in enumerate(self.shape) if size != -1)
+        object.__setattr__(self, "fixed", fixed)
+
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        """Whether an array of `shape` has this tensor's rank and fixed dimensions."""
+        if len(shape) != len(self.shape):
+            return False
+        for axis, size in self.fixed:  # noqa: SIM110 (a generator in all() costs twice as much)
+            if shape[axis] != size:
+                return False
+        return True
 
     def describe(self) -> str:
         return "[" + ", ".join(str(d) for d in self.shape) + "]"
@@ -68,6 +83,12 @@ class Signature:
     outputs: tuple[TensorSpec, ...]
     max_batch_size: int
     """Rows per batch the model accepts on its first dimension; 0 when it does not batch."""
+    input_names: frozenset[str] = field(init=False, repr=False, compare=False)
+    output_names: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_names", frozenset(t.name for t in self.inputs))
+        object.__setattr__(self, "output_names", frozenset(t.name for t in self.outputs))
 
     @property
     def batches(self) -> bool:

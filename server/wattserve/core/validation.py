@@ -44,8 +44,8 @@ def validate(
     `rows` is the batch size on the first dimension (1 for models that do not batch). The shape key
     groups requests that may share a batch: those whose non-batch dimensions are equal.
     """
-    expected = {t.name for t in signature.inputs}
-    if request.inputs.keys() != expected:
+    if request.inputs.keys() != signature.input_names:
+        expected = signature.input_names
         unknown = sorted(set(request.inputs) - expected)
         if unknown:
             raise InvalidRequest(
@@ -58,7 +58,7 @@ def validate(
             f"{sorted(expected)}"
         )
     for name in request.outputs:
-        if signature.output(name) is None:
+        if name not in signature.output_names:
             raise InvalidRequest(
                 f"{label}: unknown output '{name}' requested; the model's outputs are "
                 f"{[t.name for t in signature.outputs]}"
@@ -74,9 +74,7 @@ def validate(
             raise InvalidRequest(
                 f"{label}: input '{spec.name}' expects datatype {spec.datatype.name}, got {got}"
             )
-        if array.ndim != len(spec.shape) or any(
-            want != -1 and want != got for want, got in zip(spec.shape, array.shape, strict=True)
-        ):
+        if not spec.fits(array.shape):
             raise InvalidRequest(
                 f"{label}: input '{spec.name}' expects shape {spec.describe()} (-1 = any size), "
                 f"got {_shape(array.shape)}"
@@ -103,5 +101,8 @@ def validate(
             f"{label}: request has {rows} rows, more than max_batch_size "
             f"{signature.max_batch_size}; split it into smaller requests"
         )
+    if len(inputs) == 1:  # the usual case: skip building a tuple from a generator
+        (array,) = inputs.values()
+        return inputs, rows, (array.shape[1:],)
     key = tuple(inputs[t.name].shape[1:] for t in signature.inputs)
     return inputs, rows, key
