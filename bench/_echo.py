@@ -3,7 +3,7 @@
 No model, no batching, no validation, no metering: what one Python process spends per unary call
 (and per streamed message) is the floor under any Python gRPC inference server on the same core.
 
-    python bench/_echo.py [--port 0] [--generic-handlers-only]
+    python bench/_echo.py [--port 0] [--generic-handlers-only] [--option NAME=VALUE ...]
     # prints "wattserve ready: serving 0 model(s) on HOST:PORT"
 
 By default the service is added the stock way (generated code registers every method). With
@@ -54,8 +54,15 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--generic-handlers-only", action="store_true")
+    parser.add_argument(
+        "--option", action="append", default=[], metavar="NAME=VALUE", help="a gRPC server option"
+    )
     args = parser.parse_args()
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    options: list[tuple[str, str | int]] = [("grpc.so_reuseport", 0)]
+    for option in args.option:
+        name, value = option.split("=", 1)
+        options.append((name, int(value) if value.lstrip("-").isdigit() else value))
+    server = grpc.aio.server(options=options)
     target = GenericHandlersOnly(server) if args.generic_handlers_only else server
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(Echo(), target)
     port = server.add_insecure_port(f"127.0.0.1:{args.port}")

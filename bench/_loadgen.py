@@ -10,12 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
+import onnxruntime
 
+from wattserve.core import datatypes
 from wattserve.protocol import pb, pb_grpc
+from wattserve_client._request import infer_request
 from wattserve_client.loadgen import CpuProbe, Schedule, closed_loop
+from wattserve_client.payloads import inputs_for
+from wattserve_client.sweep import Target
 
 # Generous: under a closed loop a healthy call takes milliseconds; a hung server must not hang us.
 CALL_TIMEOUT_S = 30.0
@@ -23,6 +30,19 @@ CALL_TIMEOUT_S = 30.0
 
 class LoadError(RuntimeError):
     """A call failed (or answered something unexpected) during a run."""
+
+
+def request_from_file(model_file: Path, target: Target) -> Any:
+    """The request `sweep.build_request` would make, shaped from the ONNX file instead of the
+    server's ModelMetadata (the reference servers in bench/ do not answer it)."""
+    session = onnxruntime.InferenceSession(model_file, providers=["CPUExecutionProvider"])
+    metadata = pb.ModelMetadataResponse(name=target.model)
+    for tensor in session.get_inputs():
+        shape = [d if isinstance(d, int) else -1 for d in tensor.shape]
+        datatype = datatypes.BY_ONNX[tensor.type].name
+        metadata.inputs.add(name=tensor.name, datatype=datatype, shape=shape)
+    inputs = inputs_for(metadata, target.shape, target.seed)
+    return infer_request(target.model, inputs, version=target.version)
 
 
 def fp32_request(

@@ -7,6 +7,7 @@ import collections
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -27,6 +28,21 @@ READY_TIMEOUT_S = 120.0
 # Above the server's default 10 s grace period, so a slow drain is not mistaken for a hang.
 STOP_TIMEOUT_S = 15.0
 LOG_TAIL_LINES = 40
+
+REFERENCE_SERVERS = {
+    "echo": Path(__file__).with_name("_echo.py"),
+    "minimal": Path(__file__).with_name("_minimal.py"),
+}
+
+
+def server_command(spec: str, demo_dir: Path) -> tuple[list[str], list[str] | None]:
+    """A bench's server spec: `wattserve serve` arguments, or `echo`/`minimal` and that reference
+    server's arguments, `{demo}` standing for the demo repository's folder. Returns (wattserve's
+    extra arguments, the reference server's command line or None)."""
+    words = shlex.split(spec.replace("{demo}", str(demo_dir)))
+    if words and words[0] in REFERENCE_SERVERS:
+        return [], [sys.executable, str(REFERENCE_SERVERS[words[0]]), *words[1:]]
+    return words, None
 
 
 def _name(task: Path) -> str:

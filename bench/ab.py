@@ -11,13 +11,21 @@ and rows per executed batch, then the median of B ÷ A over the rounds: the figu
 
 Use it before changing a default (a batching delay, a session option): two single runs minutes
 apart differ by more than most such changes.
+
+A side can also be one of the reference servers in bench/, `echo` (`_echo.py`) or `minimal`
+(`_minimal.py`, issue 5's simple batching server), with its own arguments; `{demo}` stands for
+the demo repository's folder:
+
+    python bench/ab.py --a "echo" \
+        --b "minimal --model {demo}/tabular_classifier/1/model.onnx --run-on loop"
+
+Echo's rows per batch print as "-": it keeps no statistics.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import shlex
 import statistics
 import sys
 import tempfile
@@ -25,10 +33,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
-from _loadgen import batch_counts
+from _loadgen import batch_counts, request_from_file
 from _paired import Side, alternate, frozen
-from _server import serving, steal_counter, steal_since
-from serve_vs_ort import machine_facts, pin_process
+from _server import REFERENCE_SERVERS, server_command, serving, steal_counter, steal_since
+from serve_vs_ort import build_demo, machine_facts, pin_process
 
 from wattserve.protocol import pb_grpc
 from wattserve_client._request import CHANNEL_OPTIONS
@@ -41,8 +49,12 @@ SERVER_CORE, CLIENT_CORE = 0, 1
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--a", required=True, help="`wattserve serve` arguments of A (quoted)")
-    parser.add_argument("--b", required=True, help="`wattserve serve` arguments of B (quoted)")
+    parser.add_argument(
+        "--a", required=True, help="`wattserve serve` arguments of A, or echo/minimal [args]"
+    )
+    parser.add_argument(
+        "--b", required=True, help="`wattserve serve` arguments of B, or echo/minimal [args]"
+    )
     parser.add_argument("--model", default="tabular_classifier")
     parser.add_argument("--rows", type=int, default=1, help="rows per request")
     parser.add_argument("--concurrency", type=int, default=128, help="requests in flight")
@@ -54,9 +66,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace, scratch: Path) -> list[tuple[float, float]]:
+    demo = scratch / "demo"
+    build_demo(demo)
+    a_args, a_command = server_command(args.a, demo)
+    b_args, b_command = server_command(args.b, demo)
     async with (
-        serving(scratch / "demo", SERVER_CORE, shlex.split(args.a)) as a,
-        serving(scratch / "demo", SERVER_CORE, shlex.split(args.b)) as b,
+        serving(demo, SERVER_CORE, a_args, command=a_command) as a,
+        serving(demo, SERVER_CORE, b_args, command=b_command) as b,
         grpc.aio.insecure_channel(a.address, options=CHANNEL_OPTIONS) as a_channel,
         grpc.aio.insecure_channel(b.address, options=CHANNEL_OPTIONS) as b_channel,
     ):
@@ -65,16 +81,21 @@ async def run(args: argparse.Namespace, scratch: Path) -> list[tuple[float, floa
             "B": (b, a, pb_grpc.GRPCInferenceServiceStub(b_channel)),  # type: ignore[no-untyped-call]
         }
         target = Target(a.address, args.model, shape=PayloadShape(rows=args.rows))
-        request = await build_request(stubs["A"][2], target)
+        if a_command is None or b_command is None:
+            request = await build_request(stubs["A" if a_command is None else "B"][2], target)
+        else:
+            request = request_from_file(demo / args.model / "1" / "model.onnx", target)
         schedule = Schedule(args.warmup_s, args.window_s, 1, 1, -1.0)
         loop = stream_closed_loop if args.stream else closed_loop
 
         def side(name: str) -> Side:
             server, other, stub = stubs[name]
+            command = a_command if name == "A" else b_command
+            counted = command is None or command[1] != str(REFERENCE_SERVERS["echo"])
 
             async def measure() -> float:
                 with frozen(other):
-                    before = await batch_counts(stub, args.model)
+                    before = await batch_counts(stub, args.model) if counted else (0, 0)
                     m = await loop(
                         stub,
                         request,
@@ -82,12 +103,13 @@ async def run(args: argparse.Namespace, scratch: Path) -> list[tuple[float, floa
                         schedule=schedule,
                         cpu_probes=[lambda: {"server": server.cpu_seconds()["server"]}],
                     )
-                    rows, batches = await batch_counts(stub, args.model)
+                    rows, batches = await batch_counts(stub, args.model) if counted else (0, 0)
                 cores = m.cpu_cores("server") or 0.0
                 per_request = f"{cores / m.requests_per_s * 1e6:.0f}" if m.requests else "-"
-                per_batch = (rows - before[0]) / max(batches - before[1], 1)
+                per_batch = f"{(rows - before[0]) / max(batches - before[1], 1):.1f}"
                 print(
-                    f"| {name} | {m.requests_per_s:.0f} | {per_request} | {per_batch:.1f} "
+                    f"| {name} | {m.requests_per_s:.0f} | {per_request} | "
+                    f"{per_batch if counted else '-'} "
                     f"| {m.errors} |",
                     flush=True,
                 )

@@ -7,7 +7,9 @@ demo model.
 Prometheus endpoint. "Off" is `--metering-enabled false`. To price one part of the meter, give the
 "on" server extra flags after `--` (`-- --energy-metering false`), or compare against another
 baseline (`--off "--energy-metering false"`); `--off ""` against the default server is an A/A
-check of the method itself.
+check of the method itself. `--off` can also name a reference server of bench/ (`_server.py`),
+`--off "minimal --model {demo}/tabular_classifier/1/model.onnx --run-on loop"`, to price all of
+wattserve against issue 5's simple batching server.
 
 **Method: side by side on one core.** A shared VM's speed drifts by tens of percent within
 seconds, far more than the few percent measured here, so measuring "on" and then "off" compares
@@ -41,6 +43,7 @@ import asyncio
 import contextlib
 import math
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -50,7 +53,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from _server import ServerProcess, serving, steal_counter, steal_since
+from _loadgen import request_from_file
+from _server import ServerProcess, server_command, serving, steal_counter, steal_since
+from serve_vs_ort import build_demo
 
 from wattserve.protocol import pb, pb_grpc
 from wattserve_client.loadgen import Measurement, Schedule, closed_loop
@@ -90,16 +95,22 @@ class Contender:
 
 @contextlib.asynccontextmanager
 async def contender(
-    name: str, extra: tuple[str, ...], case: tuple[str, int], demo_dir: Path, core: int | None
+    name: str, spec: str, case: tuple[str, int], demo_dir: Path, core: int | None
 ) -> AsyncIterator[Contender]:
+    """`spec`: `wattserve serve` flags, or a reference server (`_server.server_command`)."""
     model, rows = case
+    extra, command = server_command(spec, demo_dir)
     async with (
-        serving(demo_dir, core, extra) as server,
+        serving(demo_dir, core, extra, command=command) as server,
         grpc.aio.insecure_channel(server.address) as channel,
     ):
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         target = Target(server.address, model, shape=PayloadShape(rows=rows), seed=rows)
-        yield Contender(name, server, stub, await build_request(stub, target))
+        if command is None:
+            request = await build_request(stub, target)
+        else:
+            request = request_from_file(demo_dir / model / "1" / "model.onnx", target)
+        yield Contender(name, server, stub, request)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +170,7 @@ async def compare(
     demo_dir: Path, case: tuple[str, int], args: argparse.Namespace, on_first: bool
 ) -> Windows:
     core = 0 if args.pinned else None
-    specs = [("on", tuple(args.on_args)), ("off", tuple(args.off.split()))]
+    specs = [("on", shlex.join(args.on_args)), ("off", args.off)]
     if not on_first:
         specs.reverse()
     async with (
@@ -259,6 +270,7 @@ def main() -> int:
     )
     with tempfile.TemporaryDirectory() as tmp:
         demo_dir = Path(tmp) / "demo"
+        build_demo(demo_dir)  # before the servers: a reference server may start first
         print(
             "| model | rows/request | **on ÷ off, one core** (estimate) "
             "| on ÷ off, requests per CPU-second, side by side | on ÷ off, req/s side by side "
