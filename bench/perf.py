@@ -7,6 +7,9 @@
 - **Floor**: a bare grpc.aio server answering ModelInfer with its input (`_echo.py`): what one
   Python process spends per unary call, with no model, batching or metering. Its ModelStreamInfer
   echoes too, for the streaming floor.
+- **The minimal batching server** of issue 5 (`_minimal.py`): grpc.aio, a queue, a fixed 1 ms
+  window, one model; wattserve must be at least as fast everywhere and far better at low load.
+  It takes part in the paired rounds only.
 - **wattserve**: `wattserve serve` with the default settings (meter on) on the demo models and a
   heavy CNN built here (`_heavy.py`, ≥ 30 ms per sample).
 
@@ -19,17 +22,18 @@ server), rows per executed batch, and then each target of issue 5 with its ratio
 **The verdicts come from paired rounds** (`_paired.py`). A shared VM drifts by tens of percent
 within minutes, so a ratio of two sweep points measured minutes apart is printed for reference
 only. After the sweep, each target is measured again in `--rounds` rounds, its two sides
-(wattserve and echo, wattserve and in-process ONNX Runtime, stream and unary) back to back, the
-first side alternating between rounds; every round's ratio is printed, and the verdict is on
-their median. Both servers stay up for the whole run, pinned to the same core; the one not being
-measured is frozen (SIGSTOP, with its child processes), and both are frozen while ONNX Runtime
-runs.
+(wattserve and echo, wattserve and the minimal server, wattserve and in-process ONNX Runtime,
+stream and unary) back to back, the first side alternating between rounds; every round's ratio
+is printed, and the verdict is on their median. Every server stays up for the whole run, pinned
+to the same core; those not being measured are frozen (SIGSTOP, with their child processes), and
+all are frozen while ONNX Runtime runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -49,7 +53,7 @@ import grpc
 import psutil
 from _loadgen import batch_counts
 from _paired import Rounds, Side, alternate, frozen
-from _server import ServerProcess, serving, steal_counter, steal_since
+from _server import REFERENCE_SERVERS, ServerProcess, serving, steal_counter, steal_since
 from serve_vs_ort import machine_facts, pin_process
 
 from wattserve.protocol import pb_grpc
@@ -58,7 +62,6 @@ from wattserve_client.loadgen import Measurement, Schedule, closed_loop, stream_
 from wattserve_client.payloads import PayloadShape
 from wattserve_client.sweep import Target, build_request
 
-ECHO = Path(__file__).with_name("_echo.py")
 HEAVY_WINDOWS = 4
 """The heavy model's paired windows are this many times longer: its batches of 4-8 rows end only
 a few times a second, so a 2 s window would count one batch more or less (±13%)."""
@@ -222,27 +225,50 @@ async def build_requests(server: ServerProcess, selected: list[Case]) -> dict[st
         }
 
 
+FAR_BETTER_MS = 0.5
+"""How much lower wattserve's p50 must be than the minimal server's with one request in flight:
+the minimal server waits out its 1 ms window for every batch; wattserve runs a lone request at
+once. Half of that window is the margin asked for here."""
+MINIMAL_RUN_ON = {"tabular_classifier": "loop", "dense": "thread"}
+"""Where issue 5's minimal server runs each model: the faster place for it (bench/ab.py: on the
+loop the tabular model served 1.12 times what it served with a thread)."""
+
+
 async def run_servers(
     repository: Path,
     selected: list[Case],
     ort: dict[str, list[_ort.OrtPoint]],
     args: argparse.Namespace,
 ) -> tuple[list[Point], list[Paired]]:
-    """The sweep of each server, then the paired rounds. Both servers stay up throughout; the one
-    not being measured is frozen (`_paired.frozen`)."""
+    """The sweep of each server, then the paired rounds. Every server stays up throughout; those
+    not being measured are frozen (`_paired.frozen`). The minimal batching servers (one per
+    model) take part in the paired rounds only."""
     wattserve = ["--repository", str(repository)]
     echo_cases = [c for c in selected if c.model != _heavy.NAME and c.rows == 1]
-    async with (
-        serving(repository.parent, args.server_core, wattserve) as served,
-        serving(repository.parent, args.server_core, command=[sys.executable, str(ECHO)]) as echo,
-    ):
+    core = args.server_core
+    async with contextlib.AsyncExitStack() as stack:
+        served = await stack.enter_async_context(serving(repository.parent, core, wattserve))
+        echo_command = [sys.executable, str(REFERENCE_SERVERS["echo"])]
+        echo = await stack.enter_async_context(
+            serving(repository.parent, core, command=echo_command)
+        )
+        references = {"echo": echo}
+        for model, run_on in MINIMAL_RUN_ON.items():
+            if any(c.model == model for c in selected):
+                command = [sys.executable, str(REFERENCE_SERVERS["minimal"]), "--run-on", run_on]
+                command += ["--model", str(repository / model / "1" / "model.onnx")]
+                references[f"minimal {model}"] = await stack.enter_async_context(
+                    serving(repository.parent, core, command=command)
+                )
         requests = await build_requests(served, selected)
-        with frozen(echo):
+        with frozen(*references.values()):
             points = await measure(served, "wattserve", requests, selected, args)
-        with frozen(served):
+        with frozen(served, *(r for name, r in references.items() if name != "echo")):
             points += await measure(echo, "echo", requests, echo_cases, args)
         print("... paired rounds", file=sys.stderr, flush=True)
-        paired = await measure_pairs(served, echo, requests, points, ort, repository, args)
+        paired = await measure_pairs(
+            {"wattserve": served, **references}, requests, points, ort, repository, args
+        )
     return points, paired
 
 
@@ -288,8 +314,7 @@ class Paired:
 
 
 async def measure_pairs(
-    served: ServerProcess,
-    echo: ServerProcess,
+    servers: dict[str, ServerProcess],
     requests: dict[str, Any],
     points: list[Point],
     ort: dict[str, list[_ort.OrtPoint]],
@@ -297,30 +322,32 @@ async def measure_pairs(
     args: argparse.Namespace,
 ) -> list[Paired]:
     """Each target of the sweep again, its two sides measured back to back in `--rounds`
-    rounds: served against echo, served against in-process ONNX Runtime, stream against unary."""
+    rounds: served against echo, against the minimal batching server and against in-process
+    ONNX Runtime, stream against unary. `servers`: "wattserve", "echo", "minimal <model>"."""
     labels = {p.case.label: p.case for p in points}
     top = max(args.concurrencies)
     paired: list[Paired] = []
     print(f"\n## Targets (issue 5), paired rounds: the verdicts ({args.rounds} rounds each)\n")
     print("| target | median | each round | goal | |\n|---|---:|---|---:|---|")
-    async with (
-        grpc.aio.insecure_channel(served.address, options=CHANNEL_OPTIONS) as served_channel,
-        grpc.aio.insecure_channel(echo.address, options=CHANNEL_OPTIONS) as echo_channel,
-    ):
-        servers = {
-            "wattserve": (served, echo, pb_grpc.GRPCInferenceServiceStub(served_channel)),  # type: ignore[no-untyped-call]
-            "echo": (echo, served, pb_grpc.GRPCInferenceServiceStub(echo_channel)),  # type: ignore[no-untyped-call]
-        }
+    async with contextlib.AsyncExitStack() as stack:
+        stubs = {}
+        for name, server in servers.items():
+            channel = grpc.aio.insecure_channel(server.address, options=CHANNEL_OPTIONS)
+            await stack.enter_async_context(channel)
+            stubs[name] = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+
+        def others(name: str) -> list[ServerProcess]:
+            return [server for other, server in servers.items() if other != name]
 
         def load(server: str, label: str, concurrency: int, p50: bool = False) -> Side:
-            """Samples/s (or the p50 in ms) of one closed-loop window, the other server frozen."""
-            _, other, stub = servers[server]
+            """Samples/s (or the p50 in ms) of one closed-loop window, the other servers frozen."""
+            stub = stubs[server]
             case = labels[label]
             window_s = args.pair_window_s * (HEAVY_WINDOWS if case.model == _heavy.NAME else 1)
             schedule = Schedule(args.warmup_s, window_s, 1, 1, -1.0)
 
             async def side() -> float:
-                with frozen(other):
+                with frozen(*others(server)):
                     loop = stream_closed_loop if case.stream else closed_loop
                     m = await loop(
                         stub, requests[label], concurrency=concurrency, schedule=schedule
@@ -335,7 +362,7 @@ async def measure_pairs(
             factor = HEAVY_WINDOWS if model == _heavy.NAME else 1
 
             async def side() -> float:
-                with frozen(served, echo):
+                with frozen(*servers.values()):
                     (point,) = await asyncio.to_thread(
                         _ort.measure_in_child,
                         repository / model / "1" / "model.onnx",
@@ -385,6 +412,18 @@ async def measure_pairs(
                 a, b = load("wattserve", label, 1, p50=True), load("echo", label, 1, p50=True)
                 name = f"{label}, 1 in flight: p50 - echo p50 ≤ ORT batch-1 + 0.25 ms"
                 await pair(name, a, b, batch1 + 0.25, latency=True)
+        # "At least as fast as that minimal server everywhere, far better at low load."
+        for label in ("tabular 1 row", "dense 1 row", "dense 16 rows"):
+            minimal = f"minimal {labels[label].model}" if label in labels else ""
+            if minimal in servers and top in labels[label].concurrencies:
+                a, b = load("wattserve", label, top), load(minimal, label, top)
+                await pair(f"{label}, {top} in flight ÷ minimal batching server", a, b, 1.0)
+        for label in ("tabular 1 row", "dense 1 row"):
+            minimal = f"minimal {labels[label].model}" if label in labels else ""
+            if minimal in servers and 1 in labels[label].concurrencies:
+                a, b = load("wattserve", label, 1, p50=True), load(minimal, label, 1, p50=True)
+                name = f"{label}, 1 in flight: p50 - minimal server p50 ≤ -{FAR_BETTER_MS} ms"
+                await pair(name, a, b, -FAR_BETTER_MS, latency=True)
     return paired
 
 

@@ -4,7 +4,8 @@
 Figures are not judged here (speed is measured by the benches, never asserted in tests); what is
 checked is that every part a user reads comes out: for perf.py, each served point without errors,
 the ONNX Runtime ceiling, and each paired target with one ratio per round and a verdict; for
-ab.py, both sides of every round and the median; for request_path.py, both handlers' figures.
+ab.py, both sides of every round and the median, with a reference server as a side too; for
+request_path.py, both handlers' figures.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def test_perf_runs_and_reports_every_target(tmp_path: Path) -> None:
     paired = {p["target"]: p for p in document["paired"]}
     assert sorted(paired) == [
         "tabular 1 row, 1 in flight: p50 - echo p50 ≤ ORT batch-1 + 0.25 ms",
+        "tabular 1 row, 1 in flight: p50 - minimal server p50 ≤ -0.5 ms",
         "tabular 1 row, 4 in flight ÷ echo floor (req/s)",
+        "tabular 1 row, 4 in flight ÷ minimal batching server",
         "tabular stream ÷ unary, best in flight of each (req/s)",
     ]
     for target in paired.values():
@@ -78,6 +81,22 @@ def test_ab_runs_paired_rounds_of_two_configurations() -> None:
     for side in sides:
         assert float(side[1]) > 0 and side[4].rstrip(" |") == "0", side  # req/s, errors
     assert "B ÷ A, median of 2 rounds: " in run.stdout
+
+
+def test_ab_runs_the_reference_servers_as_sides() -> None:
+    """Echo against issue 5's minimal batching server: both answer the load; only the minimal
+    server reports batches."""
+    minimal = "minimal --model {demo}/tabular_classifier/1/model.onnx --run-on loop"
+    run = bench(
+        "ab.py",
+        *("--a", "echo", "--b", minimal, "--concurrency", "8", "--rounds", "1"),
+        *("--warmup-s", "0.5", "--window-s", "1"),
+    )
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in run.stdout.splitlines()}
+    echo, batching = rows["| A"], rows["| B"]
+    assert float(echo[1]) > 0 and echo[3] == "-" and echo[4].rstrip(" |") == "0", echo
+    assert float(batching[1]) > 0 and float(batching[3]) >= 1, batching
+    assert "B ÷ A, median of 1 rounds: " in run.stdout
 
 
 def test_request_path_compares_the_servicer_with_echo_in_process() -> None:
