@@ -70,18 +70,26 @@ class Batching(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
             await asyncio.sleep(self._delay_s)
             batch, self._queue = self._queue, []
             self._arrived.clear()
-            merged = np.concatenate([rows for rows, _ in batch])
+            try:
+                merged = np.concatenate([rows for rows, _ in batch])
+                feeds = {self._input.name: merged}
+                if self._executor is None:
+                    outputs = self._session.run(None, feeds)
+                else:
+                    run = self._session.run
+                    outputs = await loop.run_in_executor(self._executor, run, None, feeds)
+            except Exception as exc:  # a bad request fails its batch, not the server
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
             self._rows += len(merged)
             self._batches_run += 1
-            feeds = {self._input.name: merged}
-            if self._executor is None:
-                outputs = self._session.run(None, feeds)
-            else:
-                outputs = await loop.run_in_executor(self._executor, self._session.run, None, feeds)
             start = 0
             for rows, future in batch:
                 end = start + len(rows)
-                future.set_result([output[start:end] for output in outputs])
+                if not future.done():  # its caller may have been cancelled meanwhile
+                    future.set_result([output[start:end] for output in outputs])
                 start = end
 
 
