@@ -50,6 +50,21 @@ class Echo(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
             yield pb.ModelStreamInferResponse(infer_response=echo(request))
 
 
+async def serve_until_terminated(server: grpc.aio.Server, port: int, *, models: int) -> None:
+    """Start a reference server, print the ready line `_server.serving` waits for (wattserve's),
+    and stop gracefully on SIGTERM."""
+    await server.start()
+    print(
+        f"wattserve ready: serving {models} model(s) on 127.0.0.1:{port}",
+        file=sys.stderr,
+        flush=True,
+    )
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(grace=1)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
@@ -66,12 +81,7 @@ async def main() -> None:
     target = GenericHandlersOnly(server) if args.generic_handlers_only else server
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(Echo(), target)
     port = server.add_insecure_port(f"127.0.0.1:{args.port}")
-    await server.start()
-    print(f"wattserve ready: serving 0 model(s) on 127.0.0.1:{port}", file=sys.stderr, flush=True)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await server.stop(grace=1)
+    await serve_until_terminated(server, port, models=0)
 
 
 if __name__ == "__main__":

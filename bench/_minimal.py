@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 import numpy as np
 import onnxruntime as ort
+from _echo import serve_until_terminated
 
 from wattserve.core.datatypes import BY_ONNX
 from wattserve.protocol import pb, pb_grpc
@@ -108,12 +107,7 @@ async def main() -> None:
     servicer = Batching(session, args.delay_us / 1e6, args.run_on == "thread")
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port(f"127.0.0.1:{args.port}")
-    await server.start()
-    print(f"wattserve ready: serving 1 model(s) on 127.0.0.1:{port}", file=sys.stderr, flush=True)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await server.stop(grace=1)
+    await serve_until_terminated(server, port, models=1)
 
 
 if __name__ == "__main__":
