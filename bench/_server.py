@@ -45,6 +45,11 @@ def server_command(spec: str, demo_dir: Path) -> tuple[list[str], list[str] | No
     return words, None
 
 
+def keeps_statistics(spec: str) -> bool:
+    """Whether the server of a spec answers ModelStatistics (every one but echo)."""
+    return shlex.split(spec)[:1] != ["echo"]
+
+
 def _name(task: Path) -> str:
     return (task / "comm").read_text().rstrip("\n")
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import grpc
 from _loadgen import batch_counts, request_from_file
 from _paired import Side, alternate, frozen
-from _server import REFERENCE_SERVERS, server_command, serving, steal_counter, steal_since
+from _server import keeps_statistics, server_command, serving, steal_counter, steal_since
 from serve_vs_ort import build_demo, machine_facts, pin_process
 
 from wattserve.protocol import pb_grpc
@@ -90,8 +90,7 @@ async def run(args: argparse.Namespace, scratch: Path) -> list[tuple[float, floa
 
         def side(name: str) -> Side:
             server, other, stub = stubs[name]
-            command = a_command if name == "A" else b_command
-            counted = command is None or command[1] != str(REFERENCE_SERVERS["echo"])
+            counted = keeps_statistics(args.a if name == "A" else args.b)
 
             async def measure() -> float:
                 with frozen(other):

@@ -93,9 +93,3 @@ class Signature:
     @property
     def batches(self) -> bool:
         return self.max_batch_size > 0
-
-    def input(self, name: str) -> TensorSpec | None:
-        return next((t for t in self.inputs if t.name == name), None)
-
-    def output(self, name: str) -> TensorSpec | None:
-        return next((t for t in self.outputs if t.name == name), None)

@@ -84,19 +84,18 @@ def decode_bytes(where: str, raw: bytes, count: int) -> np.ndarray:
 
 
 def decode_raw(where: str, datatype: str, dims: Sequence[int], raw: bytes) -> np.ndarray:
-    dt = datatypes.BY_NAME.get(datatype) or _datatype(where, datatype)  # the latter raises
-    shape = tuple(dims)
-    if shape and min(shape) < 0:
-        _shape(where, shape)  # raises
+    dt = _datatype(where, datatype)
+    shape = _shape(where, dims)
     count = math.prod(shape)
     if dt is datatypes.BYTES:
         return decode_bytes(where, raw, count).reshape(shape)
-    if len(raw) != count * dt.itemsize:
+    expected = count * dt.itemsize
+    if len(raw) != expected:
         raise InvalidRequest(
             f"{where} has {len(raw)} bytes of raw content, but shape {list(shape)} of "
-            f"{dt.name} needs {count * dt.itemsize} ({count} elements x {dt.itemsize} bytes)"
+            f"{dt.name} needs {expected} ({count} elements x {dt.itemsize} bytes)"
         )
-    return np.frombuffer(raw, dt.numpy).reshape(shape)
+    return np.frombuffer(raw, dtype=dt.numpy).reshape(shape)
 
 
 def decode_typed(where: str, datatype: str, dims: Sequence[int], contents: Any) -> np.ndarray:
