@@ -42,6 +42,17 @@ def server_command(spec: str, demo_dir: Path) -> tuple[list[str], list[str] | No
     words = shlex.split(spec.replace("{demo}", str(demo_dir)))
     if words and words[0] in REFERENCE_SERVERS:
         return [], [sys.executable, str(REFERENCE_SERVERS[words[0]]), *words[1:]]
+    if words and words[0] == "checkout":  # checkout PATH [args]: another copy of wattserve's code
+        if len(words) < 2:
+            raise ValueError("'checkout' needs the path of a wattserve checkout (git worktree)")
+        code = Path(words[1]).resolve()
+        if not (code / "server" / "wattserve").is_dir():
+            raise ValueError(f"{code} is not a wattserve checkout (no server/wattserve)")
+        ledger = tempfile.mkdtemp(prefix="wattserve-bench-", dir=demo_dir.parent)
+        command = ["env", f"PYTHONPATH={code / 'server'}:{code / 'clients'}", sys.executable]
+        command += ["-m", "wattserve", "serve", "--port", "0", "--demo-dir", str(demo_dir)]
+        command += ["--metrics-port", "0", "--ledger-path", str(Path(ledger) / "ledger.sqlite")]
+        return [], [*command, *words[2:]]
     return words, None
 
 

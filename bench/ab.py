@@ -20,6 +20,12 @@ the demo repository's folder:
         --b "minimal --model {demo}/tabular_classifier/1/model.onnx --run-on loop"
 
 Echo's rows per batch print as "-": it keeps no statistics.
+
+`checkout PATH [args]` runs `wattserve serve [args]` from another copy of the code, so a change
+can be measured against its base:
+
+    git worktree add /tmp/base HEAD
+    python bench/ab.py --a "checkout /tmp/base" --b ""
 """
 
 from __future__ import annotations

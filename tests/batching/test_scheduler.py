@@ -37,6 +37,7 @@ def batcher(
     max_batch: int = 8,
     delay_us: int = 0,
     instances: int = 1,
+    runs_on_loop: bool = False,
     **policy: object,
 ) -> DynamicBatcher:
     b = DynamicBatcher(
@@ -47,6 +48,7 @@ def batcher(
         max_batch_size=max_batch,
         policy=DynamicBatchingConfig(max_queue_delay_us=delay_us, **policy),  # type: ignore[arg-type]
         statistics=ModelStatistics(),
+        runs_on_loop=runs_on_loop,
     )
     b.start()
     return b
@@ -65,6 +67,11 @@ async def until(condition: object) -> None:
             await asyncio.sleep(0)
 
 
+# A model that runs on the event loop has its batches executed in the batcher's own task (no task
+# per batch); the queue, the merge, failures and draining must behave the same.
+EXECUTES_INLINE = pytest.mark.parametrize("runs_on_loop", [False, True], ids=["task", "inline"])
+
+
 async def test_a_lone_request_does_not_wait_out_the_queue_delay() -> None:
     model = DoublingModel()
     b = batcher(model, delay_us=2_000_000)
@@ -75,10 +82,13 @@ async def test_a_lone_request_does_not_wait_out_the_queue_delay() -> None:
     await b.close()
 
 
-async def test_requests_queued_behind_a_busy_instance_merge_into_one_batch() -> None:
+@EXECUTES_INLINE
+async def test_requests_queued_behind_a_busy_instance_merge_into_one_batch(
+    runs_on_loop: bool,
+) -> None:
     model = DoublingModel()
     model.gate.clear()
-    b = batcher(model)
+    b = batcher(model, runs_on_loop=runs_on_loop)
     first = submit(b)
     await until(lambda: model.batches == [1])
     rest = [submit(b, rows=n) for n in (1, 2, 3)]
@@ -157,10 +167,11 @@ async def test_expired_and_cancelled_requests_are_not_run() -> None:
     assert model.batches == [1, 2]
 
 
-async def test_an_unsplittable_output_fails_every_request_of_the_batch() -> None:
+@EXECUTES_INLINE
+async def test_an_unsplittable_output_fails_every_request_of_the_batch(runs_on_loop: bool) -> None:
     model = DoublingModel(rows_out=1)
     model.gate.clear()
-    b = batcher(model)
+    b = batcher(model, runs_on_loop=runs_on_loop)
     first = submit(b)
     await until(lambda: model.batches == [1])
     pair = [submit(b), submit(b)]
@@ -171,10 +182,11 @@ async def test_an_unsplittable_output_fails_every_request_of_the_batch() -> None
             await future
 
 
-async def test_close_runs_what_is_queued_then_refuses_new_requests() -> None:
+@EXECUTES_INLINE
+async def test_close_runs_what_is_queued_then_refuses_new_requests(runs_on_loop: bool) -> None:
     model = DoublingModel()
     model.gate.clear()
-    b = batcher(model)
+    b = batcher(model, runs_on_loop=runs_on_loop)
     futures = [submit(b)]
     await until(lambda: model.batches == [1])
     futures += [submit(b), submit(b)]

@@ -69,10 +69,12 @@ def test_perf_runs_and_reports_every_target(tmp_path: Path) -> None:
 
 
 def test_ab_runs_paired_rounds_of_two_configurations() -> None:
-    """An A/A run of `bench/ab.py`: both sides measured in each round, the median printed."""
+    """An A/A run of `bench/ab.py`: both sides measured in each round, the median printed. Side A
+    runs the code of a named checkout (this one), as when comparing a change with its base."""
+    checkout = f"checkout {BENCH.parent}"
     run = bench(
         "ab.py",
-        *("--a", "", "--b", "--log-level INFO", "--concurrency", "4", "--rounds", "2"),
+        *("--a", checkout, "--b", "--log-level INFO", "--concurrency", "4", "--rounds", "2"),
         *("--warmup-s", "0.5", "--window-s", "1"),
     )
     sides = [line.split(" | ") for line in run.stdout.splitlines() if line.startswith("| A |")]

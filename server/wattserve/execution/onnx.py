@@ -150,9 +150,9 @@ class OnnxRunner:
             )
         self.providers = self._sessions[0].get_providers()
         self.signature = read_signature(self._sessions[0], config, model=model)
-        self._free: asyncio.Queue[ort.InferenceSession] = asyncio.Queue()
-        for session in self._sessions:
-            self._free.put_nowait(session)
+        self._idle = list(self._sessions)
+        """Sessions not running a batch. The batcher never runs more batches at once than there
+        are instances, so `run` always finds one (a plain list: an asyncio.Queue costs 3 µs)."""
         self._pool = ThreadPoolExecutor(
             max_workers=config.instances, thread_name_prefix=f"ort-{model}-{version}"
         )
@@ -189,12 +189,12 @@ class OnnxRunner:
 
     async def run(self, inputs: Tensors) -> Tensors:
         """Run one batch on a free instance: on the event loop or off it (`runs_on_loop`)."""
-        session = await self._free.get()
+        session = self._idle.pop()
         if self.runs_on_loop:
             try:
                 return self._run(session, inputs)
             finally:
-                self._free.put_nowait(session)
+                self._idle.append(session)
         loop = asyncio.get_running_loop()
         running = loop.run_in_executor(self._pool, self._run, session, inputs)
         try:
@@ -205,7 +205,7 @@ class OnnxRunner:
             await asyncio.wait([running])
             raise
         finally:
-            self._free.put_nowait(session)
+            self._idle.append(session)
 
     def _run(self, session: ort.InferenceSession, inputs: Tensors) -> Tensors:
         try:
