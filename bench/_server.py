@@ -35,30 +35,37 @@ REFERENCE_SERVERS = {
 }
 
 
-def server_command(spec: str, demo_dir: Path) -> tuple[list[str], list[str] | None]:
-    """A bench's server spec: `wattserve serve` arguments, or `echo`/`minimal` and that reference
-    server's arguments, `{demo}` standing for the demo repository's folder. Returns (wattserve's
-    extra arguments, the reference server's command line or None)."""
-    words = shlex.split(spec.replace("{demo}", str(demo_dir)))
-    if words and words[0] in REFERENCE_SERVERS:
-        return [], [sys.executable, str(REFERENCE_SERVERS[words[0]]), *words[1:]]
-    if words and words[0] == "checkout":  # checkout PATH [args]: another copy of wattserve's code
-        if len(words) < 2:
-            raise ValueError("'checkout' needs the path of a wattserve checkout (git worktree)")
-        code = Path(words[1]).resolve()
-        if not (code / "server" / "wattserve").is_dir():
-            raise ValueError(f"{code} is not a wattserve checkout (no server/wattserve)")
-        ledger = tempfile.mkdtemp(prefix="wattserve-bench-", dir=demo_dir.parent)
-        command = ["env", f"PYTHONPATH={code / 'server'}:{code / 'clients'}", sys.executable]
-        command += ["-m", "wattserve", "serve", "--port", "0", "--demo-dir", str(demo_dir)]
-        command += ["--metrics-port", "0", "--ledger-path", str(Path(ledger) / "ledger.sqlite")]
-        return [], [*command, *words[2:]]
-    return words, None
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    """A bench's server, as `serving` takes it: `wattserve serve` arguments (run from this code, or
+    from another checkout's), or a reference server's command line."""
 
+    args: list[str]
+    command: list[str] | None = None
+    """A reference server's command line, run instead of wattserve."""
+    code: Path | None = None
+    """The checkout whose wattserve runs; None for this one."""
+    keeps_statistics: bool = True
+    """Whether it answers ModelStatistics (every server but echo)."""
 
-def keeps_statistics(spec: str) -> bool:
-    """Whether the server of a spec answers ModelStatistics (every one but echo)."""
-    return shlex.split(spec)[:1] != ["echo"]
+    @classmethod
+    def parse(cls, spec: str, demo_dir: Path) -> ServerSpec:
+        """`wattserve serve` arguments; `echo`/`minimal` and that reference server's arguments;
+        or `checkout PATH` and `wattserve serve` arguments for the code in PATH (a git worktree).
+        `{demo}` stands for the demo repository's folder."""
+        words = shlex.split(spec.replace("{demo}", str(demo_dir)))
+        first = words[0] if words else ""
+        if first in REFERENCE_SERVERS:
+            command = [sys.executable, str(REFERENCE_SERVERS[first]), *words[1:]]
+            return cls([], command, keeps_statistics=first != "echo")
+        if first == "checkout":
+            if len(words) < 2:
+                raise ValueError("'checkout' needs the path of a wattserve checkout (git worktree)")
+            code = Path(words[1]).resolve()
+            if not (code / "server" / "wattserve").is_dir():
+                raise ValueError(f"{code} is not a wattserve checkout (no server/wattserve)")
+            return cls(words[2:], code=code)
+        return cls(words)
 
 
 def _name(task: Path) -> str:
@@ -152,14 +159,19 @@ async def serving(
     extra_args: Sequence[str] = (),
     *,
     command: Sequence[str] | None = None,
+    code: Path | None = None,
 ) -> AsyncIterator[ServerProcess]:
     """`wattserve serve` on a free port (under taskset when `core` is given); always stopped with
     SIGTERM on the way out, and killed if it has not exited STOP_TIMEOUT_S later. Its ledger goes
     to a temporary folder and its metrics endpoint to a free port, never the user's.
 
     `command`: another server to run the same way instead (it must print wattserve's ready line).
+    `code`: run wattserve from that checkout's `server/` and `clients/` instead of this one's.
     """
     scratch = tempfile.mkdtemp(prefix="wattserve-bench-")
+    env = None
+    if code is not None:
+        env = os.environ | {"PYTHONPATH": f"{code / 'server'}{os.pathsep}{code / 'clients'}"}
     if command is None:
         command = [sys.executable, "-m", "wattserve", "serve", "--port", "0"]
         command += ["--demo-dir", str(demo_dir), "--metrics-port", "0"]
@@ -167,7 +179,11 @@ async def serving(
     if core is not None:
         command = ["taskset", "-c", str(core), *command]
     process = await asyncio.create_subprocess_exec(
-        *command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        *command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
     )
     assert process.stderr is not None
     tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)

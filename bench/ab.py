@@ -41,7 +41,7 @@ from pathlib import Path
 import grpc
 from _loadgen import batch_counts, request_from_file
 from _paired import Side, alternate, frozen
-from _server import keeps_statistics, server_command, serving, steal_counter, steal_since
+from _server import ServerSpec, serving, steal_counter, steal_since
 from serve_vs_ort import build_demo, machine_facts, pin_process
 
 from wattserve.protocol import pb_grpc
@@ -74,11 +74,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 async def run(args: argparse.Namespace, scratch: Path) -> list[tuple[float, float]]:
     demo = scratch / "demo"
     build_demo(demo)
-    a_args, a_command = server_command(args.a, demo)
-    b_args, b_command = server_command(args.b, demo)
+    specs = {"A": ServerSpec.parse(args.a, demo), "B": ServerSpec.parse(args.b, demo)}
+    a_spec, b_spec = specs["A"], specs["B"]
     async with (
-        serving(demo, SERVER_CORE, a_args, command=a_command) as a,
-        serving(demo, SERVER_CORE, b_args, command=b_command) as b,
+        serving(demo, SERVER_CORE, a_spec.args, command=a_spec.command, code=a_spec.code) as a,
+        serving(demo, SERVER_CORE, b_spec.args, command=b_spec.command, code=b_spec.code) as b,
         grpc.aio.insecure_channel(a.address, options=CHANNEL_OPTIONS) as a_channel,
         grpc.aio.insecure_channel(b.address, options=CHANNEL_OPTIONS) as b_channel,
     ):
@@ -87,8 +87,9 @@ async def run(args: argparse.Namespace, scratch: Path) -> list[tuple[float, floa
             "B": (b, a, pb_grpc.GRPCInferenceServiceStub(b_channel)),  # type: ignore[no-untyped-call]
         }
         target = Target(a.address, args.model, shape=PayloadShape(rows=args.rows))
-        if a_command is None or b_command is None:
-            request = await build_request(stubs["A" if a_command is None else "B"][2], target)
+        wattserve = [name for name, spec in specs.items() if spec.command is None]
+        if wattserve:  # it answers ModelMetadata; the reference servers do not
+            request = await build_request(stubs[wattserve[0]][2], target)
         else:
             request = request_from_file(demo / args.model / "1" / "model.onnx", target)
         schedule = Schedule(args.warmup_s, args.window_s, 1, 1, -1.0)
@@ -96,7 +97,7 @@ async def run(args: argparse.Namespace, scratch: Path) -> list[tuple[float, floa
 
         def side(name: str) -> Side:
             server, other, stub = stubs[name]
-            counted = keeps_statistics(args.a if name == "A" else args.b)
+            counted = specs[name].keeps_statistics
 
             async def measure() -> float:
                 with frozen(other):

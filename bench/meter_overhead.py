@@ -54,7 +54,7 @@ from typing import Any
 
 import grpc
 from _loadgen import request_from_file
-from _server import ServerProcess, server_command, serving, steal_counter, steal_since
+from _server import ServerProcess, ServerSpec, serving, steal_counter, steal_since
 from serve_vs_ort import build_demo
 
 from wattserve.protocol import pb, pb_grpc
@@ -97,16 +97,16 @@ class Contender:
 async def contender(
     name: str, spec: str, case: tuple[str, int], demo_dir: Path, core: int | None
 ) -> AsyncIterator[Contender]:
-    """`spec`: `wattserve serve` flags, or a reference server (`_server.server_command`)."""
+    """`spec`: `wattserve serve` flags, or another server (`_server.ServerSpec.parse`)."""
     model, rows = case
-    extra, command = server_command(spec, demo_dir)
+    parsed = ServerSpec.parse(spec, demo_dir)
     async with (
-        serving(demo_dir, core, extra, command=command) as server,
+        serving(demo_dir, core, parsed.args, command=parsed.command, code=parsed.code) as server,
         grpc.aio.insecure_channel(server.address) as channel,
     ):
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         target = Target(server.address, model, shape=PayloadShape(rows=rows), seed=rows)
-        if command is None:
+        if parsed.command is None:
             request = await build_request(stub, target)
         else:
             request = request_from_file(demo_dir / model / "1" / "model.onnx", target)
