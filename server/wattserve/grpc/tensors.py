@@ -19,6 +19,8 @@ from wattserve.core.errors import InvalidRequest
 from wattserve.core.types import Tensors
 
 _LENGTH = struct.Struct("<I")
+_FIXED_SIZE = {name: dt for name, dt in datatypes.BY_NAME.items() if dt is not datatypes.BYTES}
+"""The datatypes whose raw contents decode as a view of the bytes."""
 
 # Which InferTensorContents field carries each datatype when a client sends typed contents.
 _TYPED_FIELD = {
@@ -143,9 +145,20 @@ def decode_inputs(model: str, inputs: Sequence[Any], raw_contents: Sequence[byte
         for tensor, raw in zip(inputs, raw_contents, strict=True):
             if tensor.HasField("contents"):  # checked in this loop: a second pass costs 2 µs
                 raise _mixed(model)
-            where = f"model '{model}': input '{tensor.name}'"
+            name = tensor.name
+            dt = _FIXED_SIZE.get(tensor.datatype)
             # shape[:] is a list: tuple() of the repeated field itself costs three times as much.
-            decoded[tensor.name] = decode_raw(where, tensor.datatype, tensor.shape[:], raw)
+            shape = tensor.shape[:]
+            if (
+                dt is not None
+                and len(raw) == dt.itemsize * math.prod(shape)
+                and (not shape or min(shape) >= 0)
+            ):  # the usual case, inline: decode_raw's calls and messages cost a third of decode
+                decoded[name] = np.frombuffer(raw, dt.numpy).reshape(shape)
+            else:  # BYTES, or a request to refuse: decode_raw says why
+                decoded[name] = decode_raw(
+                    f"model '{model}': input '{name}'", tensor.datatype, shape, raw
+                )
     else:
         for tensor in inputs:
             where = f"model '{model}': input '{tensor.name}'"
