@@ -205,24 +205,34 @@ def test_forced_power_and_pue_show_in_readings_and_method() -> None:
         settings(
             country_iso_code="DEU",
             pue=2.0,
-            interval_s=0.3,
+            interval_s=0.5,
             tracking_mode="machine",
             force_cpu_power_w=20.0,
             force_ram_power_w=10.0,
         ),
-        readings_wanted=3,
+        readings_wanted=4,
     )
     assert run.method.startswith("cpu=estimated:forced;ram=estimated:forced;gpu=")
     intensity = grid_intensity("DEU", None, None).g_per_kwh
-    for reading in (r for r in run.readings if r.duration_s > 0.2):
+    readings = [r for r in run.readings if r.duration_s > 0.3]
+    assert len(readings) >= 3
+    # codecarbon times each part from the end of its previous measurement, the reading's duration
+    # from another clock; a thread stalled on a loaded machine (CI) parts the two by tens of ms.
+    # So each reading is held to 20 % (a lost PUE would be 50 % off) and the run to 5 %.
+    for reading in readings:
         # RAM is a constant 10 W, times PUE 2; the CPU 20 W scaled by load, at least 10 %.
-        assert reading.ram_energy_uj == pytest.approx(10 * 2 * reading.duration_s * 1e6, rel=0.05)
+        assert reading.ram_energy_uj == pytest.approx(10 * 2 * reading.duration_s * 1e6, rel=0.2)
         cpu_w = reading.cpu_energy_uj / 1e6 / reading.duration_s
-        assert 20 * 0.1 * 2 * 0.95 <= cpu_w <= 20 * 2 * 1.05
+        assert 20 * 0.1 * 2 * 0.8 <= cpu_w <= 20 * 2 * 1.2
         parts = reading.cpu_energy_uj + reading.ram_energy_uj + (reading.gpu_energy_uj or 0)
         assert reading.energy_uj == pytest.approx(parts, abs=3)
         expected_ug = reading.energy_uj / UJ_PER_KWH * intensity * 1e6
         assert reading.codecarbon_emissions_ug == pytest.approx(expected_ug, rel=0.01, abs=1)
+    duration_s = sum(r.duration_s for r in readings)
+    ram_uj = sum(r.ram_energy_uj for r in readings)
+    assert ram_uj == pytest.approx(10 * 2 * duration_s * 1e6, rel=0.05)
+    cpu_w = sum(r.cpu_energy_uj for r in readings) / 1e6 / duration_s
+    assert 20 * 0.1 * 2 * 0.95 <= cpu_w <= 20 * 2 * 1.05
 
 
 def test_start_failure_is_a_clear_error_not_silence(monkeypatch: pytest.MonkeyPatch) -> None:
