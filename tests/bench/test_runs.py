@@ -1,22 +1,28 @@
-"""The benches still run end to end: short runs of `bench/perf.py`, `bench/ab.py` and
-`bench/request_path.py`.
+"""The benches still run end to end: short runs of `bench/perf.py`, `bench/ab.py`,
+`bench/request_path.py` and `bench/instructions.py`.
 
 Figures are not judged here (speed is measured by the benches, never asserted in tests); what is
 checked is that every part a user reads comes out: for perf.py, each served point without errors,
 the ONNX Runtime ceiling, and each paired target with one ratio per round and a verdict; for
 ab.py, both sides of every round and the median, with a reference server as a side too; for
-request_path.py, both handlers' figures.
+request_path.py, both handlers' figures; for instructions.py, a count for every step.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).parents[2] / "bench"
+PARTS = ("decode", "admit", "schedule", "answer", "encode")
+"""The steps of bench/instructions.py that make up one request."""
 SHORT = [
     *("--cases", "tabular 1 row", "--concurrency", "1,4"),
     *("--warmup-s", "0.3", "--window-s", "0.5", "--max-windows", "1", "--ort-s", "0.2"),
@@ -108,3 +114,38 @@ def test_request_path_compares_the_servicer_with_echo_in_process() -> None:
     for row in rows:
         ours, echo, rows_per_batch = float(row[1]), float(row[2]), float(row[4].rstrip(" |"))
         assert ours > 0 and echo > 0 and rows_per_batch >= 1, row
+
+
+@pytest.mark.timeout(600)  # valgrind runs the server's start-up 50 times slower
+def test_instructions_counts_every_step_of_the_request_path() -> None:
+    """Under valgrind: one count per step, each positive; the parts of a request each cost less
+    than the whole, and together about as much (the script says their sum is close to it)."""
+    if shutil.which("valgrind") is None:
+        if os.environ.get("CI"):
+            raise AssertionError("CI must have valgrind: .ci/run installs it")
+        pytest.skip("valgrind is not installed (apt-get install valgrind); CI installs it")
+    run = bench("instructions.py", "--calls", "40", "--warmup", "5")
+    lines = run.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("step "))
+    counts = {
+        line[: line.rindex("  ")].strip(): int(line.split()[-1].replace(",", ""))
+        for line in lines[header + 1 :]
+    }
+    assert list(counts) == [
+        "request (ModelInfer), alone",
+        "request (ModelInfer), in a batch of 8",
+        "decode (protobuf to InferRequest)",
+        "admit (find the model, validate)",
+        "schedule and run (the batcher's front door)",
+        "of which ONNX Runtime (the runner's run)",
+        "answer (InferResponse, statistics)",
+        "encode (InferResponse to protobuf)",
+        "serialise the response (gRPC's part, for scale)",
+    ]
+    assert all(n > 0 for n in counts.values()), counts
+    whole = counts["request (ModelInfer), alone"]
+    parts = [counts[name] for name in counts if name.startswith(PARTS)]
+    assert len(parts) == 5 and all(part < whole for part in parts), counts
+    assert 0.75 * whole < sum(parts) < 1.1 * whole, counts
+    run_only = counts["of which ONNX Runtime (the runner's run)"]
+    assert run_only < counts["schedule and run (the batcher's front door)"], counts

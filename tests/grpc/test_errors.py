@@ -151,6 +151,24 @@ CASES: dict[str, tuple[Any, grpc.StatusCode, list[str]]] = {
         INVALID,
         ["input 'input'", "shape [-2, -512]", "must not be negative"],
     ),
+    # A zero dimension makes the count 0, so empty contents match, but numpy cannot shape it.
+    "empty shape too large to address (raw)": (
+        pb.ModelInferRequest(
+            model_name="dense",
+            inputs=[tensor("input", "FP32", [0, 2**62])],
+            raw_input_contents=[b""],
+        ),
+        INVALID,
+        ["input 'input'", "shape [0, 4611686018427387904]", "multiply past"],
+    ),
+    "empty shape too large to address (typed)": (
+        pb.ModelInferRequest(
+            model_name="dense",
+            inputs=[tensor("input", "FP32", [2**62, 0], contents=pb.InferTensorContents())],
+        ),
+        INVALID,
+        ["input 'input'", "shape [4611686018427387904, 0]", "multiply past"],
+    ),
     "raw buffers fewer than inputs": (
         pb.ModelInferRequest(
             model_name="sum_model",

@@ -20,8 +20,8 @@ import collections
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass
 
 from wattserve.batching.loop_load import LoopLoad
 from wattserve.batching.tensors import merge, split
@@ -38,18 +38,24 @@ _GAP_WEIGHT = 0.2
 
 
 @dataclass(slots=True, eq=False)
-class Pending:
-    """A validated request waiting for its batch."""
+class Work:
+    """What running a batch needs of each of its requests."""
 
     inputs: Tensors
     rows: int
+    tenant: str
+
+
+@dataclass(slots=True, eq=False)
+class Pending(Work):
+    """A validated request waiting in the queue for its batch."""
+
     shape_key: Hashable
     """Requests batch together only when their non-batch dimensions agree."""
     deadline: float | None
-    tenant: str
     future: asyncio.Future[tuple[Tensors, int]]
     """Resolves to (outputs, queue_ns)."""
-    enqueued_ns: int = field(default_factory=time.perf_counter_ns)
+    enqueued_ns: int
 
 
 class DynamicBatcher:
@@ -143,15 +149,12 @@ class DynamicBatcher:
         through the queue. Returns (outputs, ns spent queued)."""
         if self._queue or not self._free or self._closing or not self._runs_alone(rows):
             return await self.submit(inputs, rows, shape_key, deadline, tenant)
-        now = self._note_arrival()
+        self._note_arrival()
         if deadline is not None and deadline <= time.monotonic():
             raise DeadlineExceeded(f"{self.label}: deadline passed before the request ran")
-        # Its future is never awaited (the answer is returned); a Pending keeps _compute single.
-        future: asyncio.Future[tuple[Tensors, int]] = asyncio.get_running_loop().create_future()
-        pending = Pending(inputs, rows, shape_key, deadline, tenant, future, now)
         self._free -= 1
-        try:
-            parts, _ = await self._compute([pending])
+        try:  # no queue, so no Pending and no future: the answer is returned
+            parts, _ = await self._compute([Work(inputs, rows, tenant)])
             return parts[0], 0
         finally:
             self._release()
@@ -191,7 +194,7 @@ class DynamicBatcher:
             )
         now = self._note_arrival()
         future: asyncio.Future[tuple[Tensors, int]] = asyncio.get_running_loop().create_future()
-        self._queue.append(Pending(inputs, rows, shape_key, deadline, tenant, future, now))
+        self._queue.append(Pending(inputs, rows, tenant, shape_key, deadline, future, now))
         self._queued_rows += rows
         if len(self._queue) == 1 or self._queued_rows >= self._fill_rows:
             self._arrived.set()
@@ -316,7 +319,7 @@ class DynamicBatcher:
             if not p.future.done():
                 p.future.set_result((part, start - p.enqueued_ns))
 
-    async def _compute(self, batch: list[Pending]) -> tuple[list[Tensors], int]:
+    async def _compute(self, batch: Sequence[Work]) -> tuple[list[Tensors], int]:
         """Merge, run, check and split one batch: each request's outputs in order, and when the
         batch started. Failures are logged here and raised as ExecutionError."""
         try:
@@ -344,7 +347,7 @@ class DynamicBatcher:
         )
         return parts, start
 
-    def _observe_start(self, batch: list[Pending], start_ns: int) -> int:
+    def _observe_start(self, batch: Sequence[Work], start_ns: int) -> int:
         if self._observer is None:
             return 0
         if len(batch) == 1:  # the usual case at low load

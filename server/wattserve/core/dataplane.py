@@ -133,7 +133,7 @@ class DataPlane:
     def _failed(self, admitted: _Admitted, exc: BaseException) -> None:
         model = admitted.model
         total_ns = time.perf_counter_ns() - admitted.started_ns
-        model.statistics.record_request(ok=False, total_ns=total_ns, queue_ns=None)
+        model.statistics.record_failure(total_ns)
         if self._observer is not None:
             code = exc.status if isinstance(exc, WattserveError) else "CANCELLED"
             self._observer.request(
@@ -155,15 +155,15 @@ class DataPlane:
             self._response_figures or request.parameters.get(FIGURES_PARAMETER) is True
         ):
             parameters = self._observer.response_parameters(model.name, version, rows)
-        response = InferResponse(
-            model_name=model.name,
-            model_version=version,
-            outputs={n: (types[n], outputs[n]) for n in request.outputs or model.all_outputs},
-            id=request.id,
-            parameters=parameters,
+        response = InferResponse(  # positional, as InferRequest in grpc.messages
+            model.name,
+            version,
+            {n: (types[n], outputs[n]) for n in request.outputs or model.all_outputs},
+            request.id,
+            parameters,
         )
         total_ns = time.perf_counter_ns() - admitted.started_ns
-        model.statistics.record_request(ok=True, total_ns=total_ns, queue_ns=queue_ns)
+        model.statistics.record_success(total_ns, queue_ns)
         if self._observer is not None:
             self._observer.request(
                 model.name, version, request.tenant, "OK", rows, total_ns, queue_ns
@@ -177,7 +177,7 @@ class DataPlane:
             model = self._registry.get(name, version)
         except WattserveError:
             return
-        model.statistics.record_request(ok=False, total_ns=0, queue_ns=None)
+        model.statistics.record_failure(0)
         if self._observer is not None:
             self._observer.request(model.name, str(model.version), tenant, error.status, 0, 0, None)
 

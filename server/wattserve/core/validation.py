@@ -65,6 +65,7 @@ def validate(
             )
 
     rows: int | None = None
+    batches = signature.max_batch_size > 0
     inputs = request.inputs
     for spec in signature.inputs:
         array = request.inputs[spec.name]
@@ -83,7 +84,7 @@ def validate(
             if inputs is request.inputs:
                 inputs = dict(inputs)
             inputs[spec.name] = as_text(array, f"{label}: input '{spec.name}'")
-        if signature.batches:
+        if batches:
             if rows is None:
                 rows = array.shape[0]
             elif array.shape[0] != rows:
@@ -91,7 +92,7 @@ def validate(
                     f"{label}: input '{spec.name}' has {array.shape[0]} rows but the other inputs "
                     f"have {rows}; every input of one request must have the same first dimension"
                 )
-    if not signature.batches:
+    if not batches:
         return inputs, 1, None
     assert rows is not None
     if rows < 1:
