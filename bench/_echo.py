@@ -3,12 +3,13 @@
 No model, no batching, no validation, no metering: what one Python process spends per unary call
 (and per streamed message) is the floor under any Python gRPC inference server on the same core.
 
-    python bench/_echo.py [--port 0] [--generic-handlers-only] [--option NAME=VALUE ...]
+    python bench/_echo.py [--port 0] [--generic-handlers-only] [--uvloop] [--option NAME=VALUE]
     # prints "wattserve ready: serving 0 model(s) on HOST:PORT"
 
 By default the service is added the stock way (generated code registers every method). With
 `--generic-handlers-only` it is added as wattserve adds its own (`GenericHandlersOnly`), to
-measure what that saves per call.
+measure what that saves per call. With `--uvloop` it runs on uvloop's event loop instead of
+asyncio's (what a user would write is asyncio's, the floor `bench/perf.py` uses).
 
 The ready line mimics wattserve's, so `_server.serving` starts and stops either one.
 """
@@ -65,14 +66,18 @@ async def serve_until_terminated(server: grpc.aio.Server, port: int, *, models: 
     await server.stop(grace=1)
 
 
-async def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--generic-handlers-only", action="store_true")
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop's event loop")
     parser.add_argument(
         "--option", action="append", default=[], metavar="NAME=VALUE", help="a gRPC server option"
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+async def main(args: argparse.Namespace) -> None:
     options: list[tuple[str, str | int]] = [("grpc.so_reuseport", 0)]
     for option in args.option:
         name, value = option.split("=", 1)
@@ -85,4 +90,11 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    arguments = parse_args()
+    if arguments.uvloop:
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main(arguments))
+    else:
+        asyncio.run(main(arguments))

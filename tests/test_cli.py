@@ -6,9 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import tritonclient.grpc as triton
+from pydantic import ValidationError
 
 from tests.support import run_server
+from wattserve import settings as settings_module
 from wattserve.settings import ServeSettings
 
 
@@ -62,7 +66,28 @@ def test_serves_the_demo_repository_by_default(demo_repository: Path) -> None:
         names = {m.name for m in client.get_model_repository_index().models}
         assert client.is_server_ready()
     assert names == {"dense", "tabular_classifier", "text_classifier"}
-    assert f"(repository {demo_repository})" in server.text()
+    assert f"(repository {demo_repository}, event loop uvloop)" in server.text()
+
+
+def test_asyncio_event_loop_serves_as_well(demo_repository: Path) -> None:
+    rows = np.random.default_rng(7).normal(size=(3, 30)).astype(np.float32)
+    with (
+        run_server("--demo-dir", str(demo_repository), "--event-loop", "asyncio") as server,
+        triton.InferenceServerClient(server.address) as client,
+    ):
+        tensor = triton.InferInput("features", list(rows.shape), "FP32")
+        tensor.set_data_from_numpy(rows)
+        answer = client.infer("tabular_classifier", [tensor])
+        assert set(answer.as_numpy("label")) <= {0, 1} and answer.as_numpy("label").shape == (3,)
+        np.testing.assert_allclose(answer.as_numpy("probabilities").sum(axis=1), 1.0, rtol=1e-5)
+    assert "event loop asyncio)" in server.text()
+
+
+def test_uvloop_asked_for_but_missing_is_a_settings_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings_module, "uvloop_installed", lambda: False)
+    with pytest.raises(ValidationError, match="uvloop is not installed: pip install uvloop"):
+        ServeSettings(event_loop="uvloop")
+    assert ServeSettings(event_loop="auto").event_loop == "auto"  # auto falls back to asyncio
 
 
 def test_environment_variables_configure_the_server(repository: Path) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
-from wattserve.batching.loop_load import LoopLoad
+from wattserve.batching.loop_load import LoopLoad, loop_kind
 from wattserve.batching.scheduler import DynamicBatcher
 from wattserve.core.dataplane import DataPlane
 from wattserve.core.errors import ModelLoadError, WattserveError
@@ -203,10 +203,11 @@ class App:
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         ready = [e.name for e in registry.index() if e.state == "READY"]
         logger.info(
-            "wattserve ready: serving %d model(s) on %s (repository %s): %s",
+            "wattserve ready: serving %d model(s) on %s (repository %s, event loop %s): %s",
             len(set(ready)),
             display_address(settings.host, port),
             registry.repository.root,
+            loop_kind(asyncio.get_running_loop()),
             ", ".join(sorted(set(ready))) or "none",
         )
         return port

@@ -9,6 +9,7 @@ import logging
 import sys
 import typing
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from wattserve.core.errors import WattserveError
 
     try:
-        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        with asyncio.Runner(loop_factory=partial(new_event_loop, settings.event_loop)) as runner:
             runner.run(App(settings).run_until_signalled())
     except WattserveError as exc:
         logging.getLogger("wattserve").error("cannot serve: %s", exc)

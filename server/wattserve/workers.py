@@ -30,6 +30,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -111,7 +112,7 @@ def _worker_main(
         parent.send(("ready", app.metrics_port))
 
     try:
-        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        with asyncio.Runner(loop_factory=partial(new_event_loop, settings.event_loop)) as runner:
             runner.run(App(settings, role).run_until_signalled(on_ready=ready))
     except WattserveError as exc:
         logger.error("cannot serve: %s", exc)

@@ -1,7 +1,8 @@
 """The loop-load gauge, and the batcher holding requests back only while the loop is saturated.
 
-These tests run their own event loop, made by `new_event_loop` as the server's is, and measure it
-for real: idle means blocked in the selector (a sleep), busy means running callbacks.
+These tests run their own event loop, made by `new_event_loop` as the server's is (asyncio's and
+uvloop), and measure it for real: idle means waiting for I/O (a sleep), busy means running
+callbacks.
 """
 
 from __future__ import annotations
@@ -12,8 +13,15 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import numpy as np
+import pytest
 
-from wattserve.batching.loop_load import WINDOW_NS, LoopLoad, new_event_loop
+from wattserve.batching.loop_load import (
+    WINDOW_NS,
+    EventLoopKind,
+    LoopLoad,
+    loop_kind,
+    new_event_loop,
+)
 from wattserve.batching.scheduler import DynamicBatcher
 from wattserve.core.config import DynamicBatchingConfig
 from wattserve.core.statistics import ModelStatistics
@@ -23,8 +31,12 @@ T = TypeVar("T")
 WINDOW_S = WINDOW_NS / 1e9
 
 
-def run_on_gauged_loop(main: Callable[[], Awaitable[T]]) -> T:
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+KINDS = pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+
+
+def run_on_gauged_loop(main: Callable[[], Awaitable[T]], kind: EventLoopKind = "asyncio") -> T:
+    with asyncio.Runner(loop_factory=lambda: new_event_loop(kind)) as runner:
+        assert loop_kind(runner.get_loop()) == kind
         return runner.run(main())  # type: ignore[arg-type]
 
 
@@ -37,13 +49,32 @@ async def keep_busy(seconds: float) -> None:
         await asyncio.sleep(0)
 
 
+async def turn_the_loop(seconds: float) -> None:
+    """Keep the loop turning, a task step at a time, for `seconds`: busy, never blocked."""
+    end = time.perf_counter() + seconds
+    while True:
+        await asyncio.sleep(0)
+        if time.perf_counter() >= end:
+            return
+
+
 def gauge() -> LoopLoad:
     load = LoopLoad.of(asyncio.get_running_loop())
     assert load is not None
     return load
 
 
-def test_only_loops_made_by_new_event_loop_have_a_gauge() -> None:
+def test_auto_is_uvloop_where_it_is_installed() -> None:
+    loop = new_event_loop("auto")
+    try:
+        assert loop_kind(loop) == "uvloop"  # a dependency on Linux
+        assert LoopLoad.of(loop) is not None
+    finally:
+        loop.close()
+
+
+@KINDS
+def test_only_loops_made_by_new_event_loop_have_a_gauge(kind: EventLoopKind) -> None:
     plain = asyncio.new_event_loop()
     try:
         assert LoopLoad.of(plain) is None
@@ -53,10 +84,11 @@ def test_only_loops_made_by_new_event_loop_have_a_gauge() -> None:
     async def main() -> bool:
         return LoopLoad.of(asyncio.get_running_loop()) is not None
 
-    assert run_on_gauged_loop(main)
+    assert run_on_gauged_loop(main, kind)
 
 
-def test_a_loop_blocked_on_io_is_not_saturated_and_a_busy_one_is() -> None:
+@KINDS
+def test_a_loop_blocked_on_io_is_not_saturated_and_a_busy_one_is(kind: EventLoopKind) -> None:
     async def main() -> list[bool]:
         load = gauge()
         verdicts = []
@@ -68,7 +100,7 @@ def test_a_loop_blocked_on_io_is_not_saturated_and_a_busy_one_is() -> None:
         verdicts.append(load.saturated())
         return verdicts
 
-    assert run_on_gauged_loop(main) == [False, True, False]
+    assert run_on_gauged_loop(main, kind) == [False, True, False]
 
 
 class InstantModel:
@@ -90,6 +122,7 @@ def gauged_batcher(model: InstantModel, delay_us: int) -> DynamicBatcher:
         policy=DynamicBatchingConfig(max_queue_delay_us=delay_us),
         statistics=ModelStatistics(),
         loop_load=gauge(),
+        runs_on_loop=True,  # InstantModel.run never yields
     )
     b.start()
     return b
@@ -99,7 +132,10 @@ async def infer(b: DynamicBatcher) -> tuple[Tensors, int]:
     return await b.infer({"x": np.ones((1, 3), np.float32)}, 1, (3,), None)
 
 
-def test_a_closed_loop_client_on_an_idle_loop_never_waits_however_close_its_requests() -> None:
+@KINDS
+def test_a_closed_loop_client_on_an_idle_loop_never_waits_however_close_its_requests(
+    kind: EventLoopKind,
+) -> None:
     """Requests 3 ms apart are well inside the 200 ms delay, so the arrival gap alone would hold
     each one back; but the loop sits idle between them: nothing else is coming, so none waits."""
 
@@ -115,13 +151,14 @@ def test_a_closed_loop_client_on_an_idle_loop_never_waits_however_close_its_requ
         await b.close()
         return model.batches, queued, elapsed
 
-    batches, queued, elapsed = run_on_gauged_loop(main)
+    batches, queued, elapsed = run_on_gauged_loop(main, kind)
     assert batches == [1] * 12
     assert queued == [0] * 12
     assert elapsed < 1.0  # 12 x (3 ms + a run)
 
 
-def test_on_a_saturated_loop_requests_close_together_wait_to_batch() -> None:
+@KINDS
+def test_on_a_saturated_loop_requests_close_together_wait_to_batch(kind: EventLoopKind) -> None:
     async def main() -> list[int]:
         model = InstantModel()
         b = gauged_batcher(model, delay_us=20_000)
@@ -137,4 +174,28 @@ def test_on_a_saturated_loop_requests_close_together_wait_to_batch() -> None:
         await b.close()
         return model.batches
 
-    assert run_on_gauged_loop(main) == [3]
+    assert run_on_gauged_loop(main, kind) == [3]
+
+
+@KINDS
+def test_on_a_saturated_loop_waits_shorter_than_a_millisecond_still_gather(
+    kind: EventLoopKind,
+) -> None:
+    """Requests 150 µs apart on a loop that turns every few µs: the batcher waits about two gaps
+    (300 µs) at a time, which must not round to nothing (uvloop's timers count whole ms)."""
+
+    async def main() -> list[int]:
+        model = InstantModel()
+        b = gauged_batcher(model, delay_us=2_000)
+        calls: list[asyncio.Future[tuple[Tensors, int]]] = []
+        await turn_the_loop(2 * WINDOW_S)  # the gauge sees a busy window
+        for _ in range(48):
+            calls.append(asyncio.ensure_future(infer(b)))
+            await turn_the_loop(0.000_150)
+        await asyncio.gather(*calls)
+        await b.close()
+        return model.batches
+
+    batches = run_on_gauged_loop(main, kind)
+    assert sum(batches) == 48
+    assert np.mean(batches[2:]) >= 4, batches  # up to 8 rows, or what 2 ms gathers

@@ -84,6 +84,7 @@ class DynamicBatcher:
         self._run = run
         self._runs_on_loop = runs_on_loop
         self._loop_load = loop_load
+        self._polls = runs_on_loop and loop_load is not None and loop_load.timers_in_ms
         self._key = (model, version)
         self.label = f"model '{model}' version {version}"
         self._observer = observer
@@ -248,12 +249,29 @@ class DynamicBatcher:
                 return self._take(batch)
             self._arrived.clear()
             waiting_since = self._last_arrival_ns
-            try:
-                async with asyncio.timeout(min(budget_ns, 2 * self._gap_ns) / 1e9):
-                    await self._arrived.wait()
-            except TimeoutError:
+            if not await self._wait_for_arrival(min(budget_ns, 2 * self._gap_ns)):
                 # Nothing came within two usual gaps: the clients are waiting for this batch.
                 patient = self._last_arrival_ns != waiting_since
+
+    async def _wait_for_arrival(self, wait_ns: float) -> bool:
+        """Wait up to `wait_ns` for `_arrived`; False if the time ran out."""
+        if self._polls:
+            # uvloop rounds a timer to whole milliseconds: a 0.4 ms wait would end at once. The
+            # batcher waits only while the loop is saturated, so yielding to it until the time
+            # is up costs one task step per turn of the loop, and keeps microsecond precision.
+            # (Not for a model on a thread: the polling loop would take the core from it.)
+            until_ns = time.perf_counter_ns() + wait_ns
+            while not self._arrived.is_set():
+                if time.perf_counter_ns() >= until_ns:
+                    return False
+                await asyncio.sleep(0)
+            return True
+        try:
+            async with asyncio.timeout(wait_ns / 1e9):
+                await self._arrived.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def _collect(self) -> tuple[list[Pending], int]:
         """The oldest request and the queued ones that can share its batch, in arrival order."""
