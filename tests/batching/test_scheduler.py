@@ -167,6 +167,27 @@ async def test_expired_and_cancelled_requests_are_not_run() -> None:
     assert model.batches == [1, 2]
 
 
+async def test_abandoned_requests_past_the_next_batch_are_dropped_when_they_come_up() -> None:
+    """The batcher looks only as far as the next batch reaches; a request abandoned deeper in the
+    queue is still never run, and an expired one still fails, when its turn comes."""
+    model = DoublingModel()
+    model.gate.clear()
+    b = batcher(model, max_batch=2)
+    running = submit(b)
+    await until(lambda: model.batches == [1])
+    first = [submit(b), submit(b)]  # the next batch
+    expired = submit(b, deadline=time.monotonic() + 0.05)
+    cancelled = submit(b)
+    last = submit(b)
+    cancelled.cancel()
+    await asyncio.sleep(0.1)  # the deadline passes while the first batch is still queued
+    model.gate.set()
+    await asyncio.gather(running, *first, last)
+    with pytest.raises(DeadlineExceeded, match="deadline passed after"):
+        await expired
+    assert model.batches == [1, 2, 1]
+
+
 @EXECUTES_INLINE
 async def test_an_unsplittable_output_fails_every_request_of_the_batch(runs_on_loop: bool) -> None:
     model = DoublingModel(rows_out=1)

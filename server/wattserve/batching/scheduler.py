@@ -299,17 +299,30 @@ class DynamicBatcher:
         return batch
 
     def _drop_abandoned(self) -> None:
-        """Forget cancelled requests and fail those whose deadline passed while queued."""
+        """Forget cancelled requests and fail those whose deadline passed while queued, among
+        those the next batch could take; deeper ones are dealt with when they come up.
+
+        The batcher's task calls this before every batch and every wake-up, so it looks only as
+        far as a batch reaches (a scan of the whole queue, 100+ requests under load, cost more
+        than the rest of `_next_batch`)."""
         now = time.monotonic()
-        if not any(
-            p.future.done() or (p.deadline is not None and p.deadline <= now) for p in self._queue
-        ):
-            return
-        kept: collections.deque[Pending] = collections.deque()
+        abandoned: list[Pending] = []
+        rows, shape_key = 0, None
         for p in self._queue:
-            if p.future.done():
+            if p.future.done() or (p.deadline is not None and p.deadline <= now):
+                abandoned.append(p)
                 continue
-            if p.deadline is not None and now >= p.deadline:
+            if shape_key is None:
+                shape_key = p.shape_key
+            elif p.shape_key != shape_key:
+                continue  # `_collect` passes over it as well
+            rows += p.rows
+            if rows >= self._take_rows:
+                break
+        if not abandoned:
+            return
+        for p in abandoned:
+            if not p.future.done():
                 waited_ms = (time.perf_counter_ns() - p.enqueued_ns) / 1e6
                 p.future.set_exception(
                     DeadlineExceeded(
@@ -317,10 +330,9 @@ class DynamicBatcher:
                         f"the request was not run"
                     )
                 )
-                continue
-            kept.append(p)
-        self._queue = kept
-        self._queued_rows = sum(p.rows for p in kept)
+        gone = set(map(id, abandoned))
+        self._queue = collections.deque(p for p in self._queue if id(p) not in gone)
+        self._queued_rows -= sum(p.rows for p in abandoned)
 
     async def _execute(self, batch: list[Pending]) -> None:
         """Run a batch taken off the queue and answer its requests."""
