@@ -108,6 +108,9 @@ class DynamicBatcher:
         self._closing = False
         self._refusal = "is being unloaded and takes no new requests"
         self._loop_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop `start` ran on, kept: on Python 3.11 every `asyncio.get_running_loop()`
+        (and so every `asyncio.create_task`) checks the process id with a system call."""
         self._running: set[asyncio.Task[None]] = set()
         self._last_arrival_ns = 0
         # Start pessimistic: until requests show they come close together, never wait.
@@ -118,7 +121,8 @@ class DynamicBatcher:
         return len(self._queue)
 
     def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._schedule(), name=f"batcher {self.label}")
+        self._loop = asyncio.get_running_loop()
+        self._loop_task = self._loop.create_task(self._schedule(), name=f"batcher {self.label}")
         self._loop_task.add_done_callback(self._report_crash)
 
     def _report_crash(self, task: asyncio.Task[None]) -> None:
@@ -194,7 +198,8 @@ class DynamicBatcher:
                 f"configured max_queue_size); retry later or add instances"
             )
         now = self._note_arrival()
-        future: asyncio.Future[tuple[Tensors, int]] = asyncio.get_running_loop().create_future()
+        loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[tuple[Tensors, int]] = loop.create_future()
         self._queue.append(Pending(inputs, rows, tenant, shape_key, deadline, future, now))
         self._queued_rows += rows
         if len(self._queue) == 1 or self._queued_rows >= self._fill_rows:
@@ -214,6 +219,7 @@ class DynamicBatcher:
         self._freed.set()
 
     async def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch()
             if batch is None:  # closing and nothing left
@@ -222,7 +228,7 @@ class DynamicBatcher:
             if self._runs_on_loop:
                 await self._execute(batch)
                 continue
-            task = asyncio.create_task(self._execute(batch))
+            task = loop.create_task(self._execute(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
