@@ -108,9 +108,10 @@ class DynamicBatcher:
         self._closing = False
         self._refusal = "is being unloaded and takes no new requests"
         self._loop_task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        """The loop `start` ran on, kept: on Python 3.11 every `asyncio.get_running_loop()`
-        (and so every `asyncio.create_task`) checks the process id with a system call."""
+        self._loop: asyncio.AbstractEventLoop
+        """Set by `start`, which must run before any request is submitted. Kept because on
+        Python 3.11 every `asyncio.get_running_loop()` (and so every `asyncio.create_task`)
+        checks the process id with a system call."""
         self._running: set[asyncio.Task[None]] = set()
         self._last_arrival_ns = 0
         # Start pessimistic: until requests show they come close together, never wait.
@@ -198,8 +199,7 @@ class DynamicBatcher:
                 f"configured max_queue_size); retry later or add instances"
             )
         now = self._note_arrival()
-        loop = self._loop or asyncio.get_running_loop()
-        future: asyncio.Future[tuple[Tensors, int]] = loop.create_future()
+        future: asyncio.Future[tuple[Tensors, int]] = self._loop.create_future()
         self._queue.append(Pending(inputs, rows, tenant, shape_key, deadline, future, now))
         self._queued_rows += rows
         if len(self._queue) == 1 or self._queued_rows >= self._fill_rows:
@@ -219,7 +219,6 @@ class DynamicBatcher:
         self._freed.set()
 
     async def _schedule(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch()
             if batch is None:  # closing and nothing left
@@ -228,7 +227,7 @@ class DynamicBatcher:
             if self._runs_on_loop:
                 await self._execute(batch)
                 continue
-            task = loop.create_task(self._execute(batch))
+            task = self._loop.create_task(self._execute(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
