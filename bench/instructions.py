@@ -144,7 +144,7 @@ async def steps(app: Any, model: str, rows: int) -> list[Step]:
         return await scheduler.infer(admitted.inputs, admitted.rows, admitted.shape_key, None)
 
     async def run() -> object:
-        return await scheduler._run(admitted.inputs)
+        return await scheduler._run(admitted.inputs, admitted.rows)
 
     async def answer() -> object:
         return dataplane._answer(admitted, outputs, 0)

@@ -55,7 +55,7 @@ async def build_model(
             statistics=statistics,
             observer=observer,
             loop_load=LoopLoad.of(asyncio.get_running_loop()),
-            runs_on_loop=runner.runs_on_loop,
+            loop_rows=runner.loop_rows,
         )
         batcher.start()
 

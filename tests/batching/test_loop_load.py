@@ -107,8 +107,8 @@ class InstantModel:
     def __init__(self) -> None:
         self.batches: list[int] = []
 
-    async def run(self, inputs: Tensors) -> Tensors:
-        self.batches.append(inputs["x"].shape[0])
+    async def run(self, inputs: Tensors, rows: int) -> Tensors:
+        self.batches.append(rows)
         return {"y": inputs["x"] * 2}
 
 
@@ -122,7 +122,7 @@ def gauged_batcher(model: InstantModel, delay_us: int) -> DynamicBatcher:
         policy=DynamicBatchingConfig(max_queue_delay_us=delay_us),
         statistics=ModelStatistics(),
         loop_load=gauge(),
-        runs_on_loop=True,  # InstantModel.run never yields
+        loop_rows=8,  # InstantModel.run never yields
     )
     b.start()
     return b

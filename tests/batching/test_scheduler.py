@@ -13,6 +13,7 @@ from wattserve.core.config import DynamicBatchingConfig
 from wattserve.core.errors import DeadlineExceeded, ExecutionError, QueueFull, Unavailable
 from wattserve.core.statistics import ModelStatistics
 from wattserve.core.types import Tensors
+from wattserve.execution.onnx import ALL_ROWS
 
 
 class DoublingModel:
@@ -24,8 +25,9 @@ class DoublingModel:
         self.gate.set()
         self._rows_out = rows_out
 
-    async def run(self, inputs: Tensors) -> Tensors:
-        self.batches.append(inputs["x"].shape[0])
+    async def run(self, inputs: Tensors, rows: int) -> Tensors:
+        assert rows == inputs["x"].shape[0]
+        self.batches.append(rows)
         await self.gate.wait()
         y = inputs["x"] * 2
         return {"y": y[: self._rows_out] if self._rows_out is not None else y}
@@ -37,7 +39,7 @@ def batcher(
     max_batch: int = 8,
     delay_us: int = 0,
     instances: int = 1,
-    runs_on_loop: bool = False,
+    loop_rows: int = 0,
     **policy: object,
 ) -> DynamicBatcher:
     b = DynamicBatcher(
@@ -48,7 +50,7 @@ def batcher(
         max_batch_size=max_batch,
         policy=DynamicBatchingConfig(max_queue_delay_us=delay_us, **policy),  # type: ignore[arg-type]
         statistics=ModelStatistics(),
-        runs_on_loop=runs_on_loop,
+        loop_rows=loop_rows,
     )
     b.start()
     return b
@@ -69,7 +71,7 @@ async def until(condition: object) -> None:
 
 # A model that runs on the event loop has its batches executed in the batcher's own task (no task
 # per batch); the queue, the merge, failures and draining must behave the same.
-EXECUTES_INLINE = pytest.mark.parametrize("runs_on_loop", [False, True], ids=["task", "inline"])
+EXECUTES_INLINE = pytest.mark.parametrize("loop_rows", [0, ALL_ROWS], ids=["task", "inline"])
 
 
 async def test_a_lone_request_does_not_wait_out_the_queue_delay() -> None:
@@ -84,11 +86,11 @@ async def test_a_lone_request_does_not_wait_out_the_queue_delay() -> None:
 
 @EXECUTES_INLINE
 async def test_requests_queued_behind_a_busy_instance_merge_into_one_batch(
-    runs_on_loop: bool,
+    loop_rows: int,
 ) -> None:
     model = DoublingModel()
     model.gate.clear()
-    b = batcher(model, runs_on_loop=runs_on_loop)
+    b = batcher(model, loop_rows=loop_rows)
     first = submit(b)
     await until(lambda: model.batches == [1])
     rest = [submit(b, rows=n) for n in (1, 2, 3)]
@@ -189,10 +191,10 @@ async def test_abandoned_requests_past_the_next_batch_are_dropped_when_they_come
 
 
 @EXECUTES_INLINE
-async def test_an_unsplittable_output_fails_every_request_of_the_batch(runs_on_loop: bool) -> None:
+async def test_an_unsplittable_output_fails_every_request_of_the_batch(loop_rows: int) -> None:
     model = DoublingModel(rows_out=1)
     model.gate.clear()
-    b = batcher(model, runs_on_loop=runs_on_loop)
+    b = batcher(model, loop_rows=loop_rows)
     first = submit(b)
     await until(lambda: model.batches == [1])
     pair = [submit(b), submit(b)]
@@ -204,10 +206,10 @@ async def test_an_unsplittable_output_fails_every_request_of_the_batch(runs_on_l
 
 
 @EXECUTES_INLINE
-async def test_close_runs_what_is_queued_then_refuses_new_requests(runs_on_loop: bool) -> None:
+async def test_close_runs_what_is_queued_then_refuses_new_requests(loop_rows: int) -> None:
     model = DoublingModel()
     model.gate.clear()
-    b = batcher(model, runs_on_loop=runs_on_loop)
+    b = batcher(model, loop_rows=loop_rows)
     futures = [submit(b)]
     await until(lambda: model.batches == [1])
     futures += [submit(b), submit(b)]

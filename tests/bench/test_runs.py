@@ -1,11 +1,12 @@
 """The benches still run end to end: short runs of `bench/perf.py`, `bench/ab.py`,
-`bench/request_path.py` and `bench/instructions.py`.
+`bench/run_place.py`, `bench/request_path.py` and `bench/instructions.py`.
 
 Figures are not judged here (speed is measured by the benches, never asserted in tests); what is
 checked is that every part a user reads comes out: for perf.py, each served point without errors,
 the ONNX Runtime ceiling, and each paired target with one ratio per round and a verdict; for
 ab.py, both sides of every round and the median, with a reference server as a side too; for
-request_path.py, both handlers' figures; for instructions.py, a count for every step.
+run_place.py, every figure of both sides; for request_path.py, both handlers' figures; for
+instructions.py, a count for every step.
 """
 
 from __future__ import annotations
@@ -105,6 +106,21 @@ def test_ab_runs_the_reference_servers_as_sides() -> None:
     assert float(echo[1]) > 0 and echo[3] == "-" and echo[4].rstrip(" |") == "0", echo
     assert float(batching[1]) > 0 and float(batching[3]) >= 1, batching
     assert "B ÷ A, median of 1 rounds: " in run.stdout
+
+
+def test_run_place_measures_both_models_on_both_sides() -> None:
+    run = bench(
+        "run_place.py",
+        *("--b-run-on", "loop", "--rounds", "2", "--warmup-s", "0.3", "--window-s", "0.6"),
+    )
+    rows = [line.split(" | ") for line in run.stdout.splitlines() if line.startswith("| A |")]
+    rows += [line.split(" | ") for line in run.stdout.splitlines() if line.startswith("| B |")]
+    assert len(rows) == 4, run.stdout
+    for row in rows:
+        figures = [float(cell.rstrip(" |")) for cell in row[1:]]
+        assert len(figures) == 5 and all(f > 0 for f in figures), row
+    for figure in ("dense p50 ms", "tabular req/s", "tabular p50 ms", "tabular p99 ms"):
+        assert f"- {figure}: A " in run.stdout, run.stdout
 
 
 def test_request_path_compares_the_servicer_with_echo_in_process() -> None:

@@ -12,7 +12,15 @@ import pytest
 from tests import models
 from wattserve.core.config import ModelConfig
 from wattserve.core.errors import ModelLoadError
-from wattserve.execution.onnx import CPU, CUDA, OnnxRunner, providers_for, runs_on_loop
+from wattserve.execution.onnx import (
+    ALL_ROWS,
+    CPU,
+    CUDA,
+    BatchCost,
+    OnnxRunner,
+    loop_rows,
+    providers_for,
+)
 
 
 def test_cpu_device_uses_only_the_cpu_provider() -> None:
@@ -90,28 +98,40 @@ def test_preferred_sizes_above_the_max_are_a_load_error(tmp_path: Path) -> None:
         OnnxRunner(tmp_path / "m" / "1" / "model.onnx", config, model="m", version=1)
 
 
+FAST = BatchCost(one_row_ns=20_000, full_rows=256, full_ns=200_000)
+"""A small model: its largest batch is shorter than either limit."""
+MEDIUM = BatchCost(one_row_ns=100_000, full_rows=64, full_ns=730_000)
+"""10 µs a row on top of 100 µs: 15 rows fit in 250 µs, the whole batch in 1 ms."""
+DENSE = BatchCost(one_row_ns=600_000, full_rows=128, full_ns=13_300_000)
+"""100 µs a row on top of 600 µs: 4 rows stay under 1 ms (5 reach it exactly)."""
+
+
 @pytest.mark.parametrize(
-    ("config", "cores", "warm_up_ns", "expected"),
+    ("config", "cores", "cost", "expected"),
     [
-        ({}, 1, 200_000, True),  # the default: auto
-        ({"run_on": "auto"}, 1, 900_000, True),  # a fast CPU model on one core: no hand-off
-        ({"run_on": "auto"}, 2, 200_000, True),  # still cheaper than the hand-off on two cores
-        ({"run_on": "auto"}, 2, 400_000, False),  # a second core: the thread overlaps the loop
-        ({"run_on": "auto"}, 1, 5_000_000, False),  # 5 ms batches would stall everything else
-        ({"run_on": "auto", "intra_op_threads": 0}, 2, 200_000, False),  # ONNX Runtime's pool
-        ({"run_on": "auto"}, 1, None, False),  # no warm-up, no measurement: stay safe
-        ({"run_on": "auto", "instances": 2}, 1, 200_000, False),
-        ({"run_on": "auto", "intra_op_threads": 2}, 1, 200_000, False),
-        ({"run_on": "auto", "intra_op_threads": 0}, 1, 200_000, True),  # one core: one thread
-        ({"run_on": "auto", "device": "cuda"}, 1, 200_000, False),
-        ({"run_on": "loop"}, 8, None, True),
-        ({"run_on": "thread"}, 1, 200_000, False),
+        ({}, 1, FAST, ALL_ROWS),  # the default: auto
+        ({"run_on": "auto"}, 2, FAST, ALL_ROWS),  # cheaper than the hand-off on two cores too
+        ({"run_on": "auto"}, 1, MEDIUM, ALL_ROWS),  # 730 µs: under 1 ms on one core
+        ({"run_on": "auto"}, 2, MEDIUM, 15),  # over 250 µs beyond 15 rows: a thread overlaps
+        ({"run_on": "auto"}, 1, DENSE, 4),  # small batches on the loop, big ones on the thread
+        ({"run_on": "auto"}, 2, DENSE, 0),  # even one row takes over 250 µs
+        ({"run_on": "auto"}, 1, BatchCost(1_000_000, 8, 8_000_000), 0),  # one row: 1 ms
+        ({"run_on": "auto"}, 1, BatchCost(900_000, 1, 900_000), ALL_ROWS),  # no batching
+        ({"run_on": "auto"}, 1, BatchCost(900_000, 1, 1_100_000), ALL_ROWS),  # the median decides
+        ({"run_on": "auto", "intra_op_threads": 0}, 2, FAST, 0),  # ONNX Runtime's pool
+        ({"run_on": "auto"}, 1, None, 0),  # no warm-up, no measurement: stay safe
+        ({"run_on": "auto", "instances": 2}, 1, FAST, 0),
+        ({"run_on": "auto", "intra_op_threads": 2}, 1, FAST, 0),
+        ({"run_on": "auto", "intra_op_threads": 0}, 1, FAST, ALL_ROWS),  # one core: one thread
+        ({"run_on": "auto", "device": "cuda"}, 1, FAST, 0),
+        ({"run_on": "loop"}, 8, None, ALL_ROWS),
+        ({"run_on": "thread"}, 1, FAST, 0),
     ],
 )
 def test_where_batches_run(
-    config: dict[str, object], cores: int, warm_up_ns: int | None, expected: bool
+    config: dict[str, object], cores: int, cost: BatchCost | None, expected: int
 ) -> None:
-    assert runs_on_loop(ModelConfig.model_validate(config), cores, warm_up_ns) is expected
+    assert loop_rows(ModelConfig.model_validate(config), cores, cost) == expected
 
 
 async def test_a_model_run_on_the_loop_gives_the_same_outputs_and_starts_no_thread(
@@ -125,9 +145,9 @@ async def test_a_model_run_on_the_loop_gives_the_same_outputs_and_starts_no_thre
     for run_on in ("loop", "thread"):
         runner = OnnxRunner(path, ModelConfig(run_on=run_on), model="sum_model", version=1)
         try:
-            assert runner.runs_on_loop is (run_on == "loop")
+            assert runner.loop_rows == (ALL_ROWS if run_on == "loop" else 0)
             loop_thread = threading.get_ident()
-            outputs.append(await runner.run(inputs))
+            outputs.append(await runner.run(inputs, 3))
             assert threading.get_ident() == loop_thread
             assert (len(runner._pool._threads) == 0) is (run_on == "loop")
         finally:
@@ -136,3 +156,20 @@ async def test_a_model_run_on_the_loop_gives_the_same_outputs_and_starts_no_thre
     assert loop_run.keys() == thread_run.keys()
     for name in loop_run:
         np.testing.assert_array_equal(loop_run[name], thread_run[name])
+
+
+async def test_batches_up_to_loop_rows_run_on_the_loop_and_bigger_ones_on_the_thread(
+    tmp_path: Path,
+) -> None:
+    models.two_input_model(tmp_path)
+    path = tmp_path / "sum_model" / "1" / "model.onnx"
+    runner = OnnxRunner(path, ModelConfig(run_on="thread"), model="sum_model", version=1)
+    runner.loop_rows = 2  # as "auto" sets it for a model whose 3-row batch would take too long
+    try:
+        for rows, threads_after in ((1, 0), (2, 0), (3, 1), (2, 1)):
+            inputs = {name: np.full((rows, 4), rows, np.float32) for name in ("a", "b")}
+            outputs = await runner.run(inputs, rows)
+            assert len(runner._pool._threads) == threads_after, f"after a {rows}-row batch"
+            assert [o.shape[0] for o in outputs.values()] == [rows] * len(outputs)
+    finally:
+        runner.close()

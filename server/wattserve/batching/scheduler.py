@@ -63,7 +63,7 @@ class DynamicBatcher:
 
     def __init__(
         self,
-        run: Callable[[Tensors], Awaitable[Tensors]],
+        run: Callable[[Tensors, int], Awaitable[Tensors]],
         *,
         model: str,
         version: str,
@@ -73,18 +73,22 @@ class DynamicBatcher:
         statistics: ModelStatistics,
         observer: BatchObserver | None = None,
         loop_load: LoopLoad | None = None,
-        runs_on_loop: bool = False,
+        loop_rows: int = 0,
     ) -> None:
         """`loop_load`: the gauge of the loop the batcher runs on. Without one (a loop not made by
         `loop_load.new_event_loop`) the arrival gap alone decides whether to wait.
 
-        `runs_on_loop`: `run` computes on the event loop without yielding, so nothing could run
-        beside a batch: the batcher's task executes each batch itself instead of starting a task
-        for it (a task costs about 10 µs, as much as a small model's batch)."""
+        `run(inputs, rows)` computes batches of up to `loop_rows` rows on the event loop without
+        yielding, so nothing could run beside them. The batcher's task then executes each batch
+        itself instead of starting a task for it (a task costs about 10 µs, as much as a small
+        model's batch). `OnnxRunner` allows it only with one instance, which runs one batch at a
+        time anyway, so a batch on its thread holds up nothing the task could have started."""
         self._run = run
-        self._runs_on_loop = runs_on_loop
+        self._executes_inline = loop_rows > 0
         self._loop_load = loop_load
-        self._polls = runs_on_loop and loop_load is not None and loop_load.timers_in_ms
+        self._polls = (
+            loop_rows >= max(max_batch_size, 1) and loop_load is not None and loop_load.timers_in_ms
+        )
         self._key = (model, version)
         self.label = f"model '{model}' version {version}"
         self._observer = observer
@@ -224,7 +228,7 @@ class DynamicBatcher:
             if batch is None:  # closing and nothing left
                 return
             self._free -= 1
-            if self._runs_on_loop:
+            if self._executes_inline:
                 await self._execute(batch)
                 continue
             task = self._loop.create_task(self._execute(batch))
@@ -362,13 +366,14 @@ class DynamicBatcher:
             merged = merge([p.inputs for p in batch])
             merged_at = time.perf_counter_ns()
             token = self._observe_start(batch, merged_at)
+            row_counts = [p.rows for p in batch]
+            rows = sum(row_counts)
             try:
-                outputs = await self._run(merged)
+                outputs = await self._run(merged, rows)
             finally:
                 ran_at = time.perf_counter_ns()
                 if self._observer is not None:
                     self._observer.batch_finished(token, ran_at)
-            row_counts = [p.rows for p in batch]
             parts = split(outputs, row_counts, label=self.label) if self._batches else [outputs]
             done_at = time.perf_counter_ns()
         except ExecutionError as exc:
@@ -378,7 +383,7 @@ class DynamicBatcher:
             logger.exception("%s: unexpected failure running a batch", self.label)
             raise ExecutionError(f"{self.label}: internal error") from exc
         self._stats.record_batch(
-            sum(row_counts), len(batch), merged_at - start, ran_at - merged_at, done_at - ran_at
+            rows, len(batch), merged_at - start, ran_at - merged_at, done_at - ran_at
         )
         return parts, start
 

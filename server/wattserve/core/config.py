@@ -50,11 +50,13 @@ class ModelConfig(BaseModel):
     """Where ONNX Runtime runs a batch. "thread": on the model's executor thread, while the event
     loop goes on serving (and queuing requests into the next batch). "loop": on the event loop
     itself, with no hand-off (which costs more than a small model's batch), but nothing else is
-    served meanwhile. "auto" (the default): "loop" for a CPU model with one instance and one
-    intra-op thread whose largest warm-up batch took under 1 ms (one-core server) or 250 µs (more
-    cores); else "thread". See docs/performance.md for what each measured."""
+    served meanwhile. "auto" (the default), for a CPU model with one instance and one intra-op
+    thread: "loop" for each batch estimated from the warm-up runs to take under 1 ms (one-core
+    server) or 250 µs (more cores), "thread" for bigger ones; "thread" for other models. See
+    docs/performance.md for what each measured."""
     warmup: bool = True
-    """Run each instance once on zeros before the model is marked ready."""
+    """Run each instance on zeros (one row, then a full batch) before the model is marked ready.
+    The timings decide where run_on = "auto" runs each batch; without them, on the thread."""
     version_policy: Literal["all", "latest"] | list[Annotated[int, Field(ge=1)]] = "all"
     """Which versions to serve: all found, only the latest, or the listed ones."""
     dynamic_batching: DynamicBatchingConfig = DynamicBatchingConfig()

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,31 +49,49 @@ def providers_for(config: ModelConfig, available: list[str], *, model: str) -> l
 
 
 LOOP_RUN_LIMIT_NS = 1_000_000
-"""run_on = "auto" in a one-core server: the event loop runs batches up to this long."""
+"""run_on = "auto" in a one-core server: the event loop runs batches estimated up to this long."""
 LOOP_RUN_LIMIT_SHARED_NS = 250_000
 """run_on = "auto" with more cores, where a thread's run could overlap the loop: up to this."""
+ALL_ROWS = sys.maxsize
+"""`loop_rows` of a model whose every batch runs on the event loop."""
 
 
-def runs_on_loop(config: ModelConfig, cores: int, warm_up_ns: int | None) -> bool:
-    """Whether batches run on the event loop (docs/performance.md, "Where a batch runs").
+@dataclass(frozen=True, slots=True)
+class BatchCost:
+    """A model's run time measured at warm-up: one row, and its largest batch."""
+
+    one_row_ns: int
+    full_rows: int
+    full_ns: int
+
+    def rows_within(self, limit_ns: int) -> int:
+        """The most rows whose run, on a straight line between the two measurements, is
+        estimated to take under `limit_ns`: 0 when one row takes longer."""
+        if self.one_row_ns >= limit_ns:
+            return 0
+        if self.full_ns < limit_ns or self.full_rows == 1:
+            return self.full_rows
+        per_row = (self.full_ns - self.one_row_ns) / (self.full_rows - 1)
+        return min(self.full_rows, math.ceil((limit_ns - self.one_row_ns) / per_row))
+
+
+def loop_rows(config: ModelConfig, cores: int, cost: BatchCost | None) -> int:
+    """The most rows a batch may hold and still run on the event loop (0: every batch goes to
+    the executor thread; ALL_ROWS: none does). docs/performance.md, "Where a batch runs".
 
     Handing a batch to an executor thread and back costs about 250 µs of CPU on one core, and
     still about 300 µs per request with two (a thread wake-up, two GIL switches, a loop wake-up):
     more than a small model's whole batch. So "auto" runs a CPU model with one single-threaded
-    instance on the loop when its largest warm-up batch is short enough that stalling the loop
-    for it costs less: under 1 ms on one core, under 250 µs where a thread could overlap it.
+    instance on the loop when the batch is short enough that stalling the loop for it costs
+    less: estimated under 1 ms on one core, under 250 µs where a thread could overlap it.
     """
     if config.run_on != "auto":
-        return config.run_on == "loop"
+        return ALL_ROWS if config.run_on == "loop" else 0
     one_thread = config.intra_op_threads == 1 or (config.intra_op_threads == 0 and cores == 1)
-    limit = LOOP_RUN_LIMIT_NS if cores == 1 else LOOP_RUN_LIMIT_SHARED_NS
-    return (
-        config.device == "cpu"
-        and config.instances == 1
-        and one_thread
-        and warm_up_ns is not None
-        and warm_up_ns < limit
-    )
+    if config.device != "cpu" or config.instances != 1 or not one_thread or cost is None:
+        return 0
+    rows = cost.rows_within(LOOP_RUN_LIMIT_NS if cores == 1 else LOOP_RUN_LIMIT_SHARED_NS)
+    return ALL_ROWS if rows == cost.full_rows else rows
 
 
 def session_options(config: ModelConfig) -> ort.SessionOptions:
@@ -160,41 +181,47 @@ class OnnxRunner:
         self._pool = ThreadPoolExecutor(
             max_workers=config.instances, thread_name_prefix=f"ort-{model}-{version}"
         )
-        warm_up_ns = self._warm_up() if config.warmup else None
-        self.runs_on_loop = runs_on_loop(config, len(os.sched_getaffinity(0)), warm_up_ns)
-        logger.info(
-            "%s runs its batches on %s",
-            self.label,
-            "the event loop" if self.runs_on_loop else "its executor thread",
-        )
+        cost = self._warm_up() if config.warmup else None
+        self.loop_rows = loop_rows(config, len(os.sched_getaffinity(0)), cost)
+        """Batches of up to this many rows run on the event loop; bigger ones on the thread."""
+        if self.loop_rows == ALL_ROWS:
+            place = "the event loop"
+        elif self.loop_rows:
+            place = f"the event loop up to {self.loop_rows} row(s), else its executor thread"
+        else:
+            place = "its executor thread"
+        logger.info("%s runs its batches on %s", self.label, place)
 
     @property
     def instances(self) -> int:
         return len(self._sessions)
 
-    def _warm_up(self) -> int:
-        """Run every instance on zeros, one row then a full batch (or one row twice); returns
-        the slowest second run in nanoseconds (the first pays one-off set-up)."""
-        sizes = [1, self.signature.max_batch_size if self.signature.batches else 1]
-        slowest = 0
+    def _warm_up(self) -> BatchCost:
+        """Run every instance on zeros: one row (one-off set-up), one row three times more, then
+        a full batch. Returns the slowest instance's median one-row run and its full batch."""
+        full_rows = self.signature.max_batch_size if self.signature.batches else 1
+        one_row_ns = full_ns = 0
         for session in self._sessions:
-            for n in sizes:
-                feed = {spec.name: _zeros(spec, n) for spec in self.signature.inputs}
-                started = time.perf_counter_ns()
-                try:
-                    session.run(None, feed)
-                except Exception as exc:
-                    raise ModelLoadError(
-                        f"{self.label}: warm-up with {n} row(s) failed: {exc}"
-                    ) from exc
-            slowest = max(slowest, time.perf_counter_ns() - started)
+            self._timed_run(session, 1)
+            one_row_ns = max(one_row_ns, sorted(self._timed_run(session, 1) for _ in range(3))[1])
+            full_ns = max(full_ns, self._timed_run(session, full_rows))
         logger.debug("%s warmed up on %d instance(s)", self.label, len(self._sessions))
-        return slowest
+        return BatchCost(one_row_ns, full_rows, full_ns)
 
-    async def run(self, inputs: Tensors) -> Tensors:
-        """Run one batch on a free instance: on the event loop or off it (`runs_on_loop`)."""
+    def _timed_run(self, session: ort.InferenceSession, rows: int) -> int:
+        feed = {spec.name: _zeros(spec, rows) for spec in self.signature.inputs}
+        started = time.perf_counter_ns()
+        try:
+            session.run(None, feed)
+        except Exception as exc:
+            raise ModelLoadError(f"{self.label}: warm-up with {rows} row(s) failed: {exc}") from exc
+        return time.perf_counter_ns() - started
+
+    async def run(self, inputs: Tensors, rows: int) -> Tensors:
+        """Run one batch of `rows` rows on a free instance: on the event loop when it is small
+        enough (`loop_rows`), else on the executor thread."""
         session = self._idle.pop()
-        if self.runs_on_loop:
+        if rows <= self.loop_rows:
             try:
                 return self._run(session, inputs)
             finally:
