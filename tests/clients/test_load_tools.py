@@ -146,9 +146,15 @@ def test_capacity_with_the_meter_reports_peak_replicas_and_cost(
     screenshot(html, png)
     with Image.open(png) as image:
         rgb = np.asarray(image.convert("RGB"))
+    page = html.read_text()
     for curve, colour in (("p50", P50_BLUE), ("p99", P99_ORANGE)):
+        # One vertex per step in the page; how many pixels the browser paints depends on the
+        # data (steps that deliver alike rates bunch up; the p99 curve is drawn over the p50
+        # one where they meet), so the screenshot is asked only to show the curve at all.
+        polyline = page.split(f"<polyline class='p{curve[1:]}' points='")[1].split("'")[0]
+        assert len(polyline.split()) == len(result["steps"]), curve
         drawn = int((rgb == colour).all(axis=2).sum())
-        assert drawn > 100, f"the {curve} curve drew {drawn} pixels"
+        assert drawn > 0, f"the browser drew no pixel of the {curve} curve"
 
 
 def test_capacity_against_a_server_without_meter_has_no_cost_part(
