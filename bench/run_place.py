@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import shlex
 import shutil
 import statistics
 import sys
@@ -86,8 +87,8 @@ async def run(args: argparse.Namespace, scratch: Path) -> None:
     demo = scratch / "demo"
     build_demo(demo)
     sides = {
-        "A": ["--repository", str(repository(demo, scratch, "thread")), *args.a.split()],
-        "B": ["--repository", str(repository(demo, scratch, args.b_run_on)), *args.b.split()],
+        "A": ["--repository", str(repository(demo, scratch, "thread")), *shlex.split(args.a)],
+        "B": ["--repository", str(repository(demo, scratch, args.b_run_on)), *shlex.split(args.b)],
     }
     figures: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
     async with (

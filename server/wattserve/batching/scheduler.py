@@ -365,9 +365,9 @@ class DynamicBatcher:
             start = time.perf_counter_ns()
             merged = merge([p.inputs for p in batch])
             merged_at = time.perf_counter_ns()
-            token = self._observe_start(batch, merged_at)
             row_counts = [p.rows for p in batch]
             rows = sum(row_counts)
+            token = self._observe_start(batch, merged_at, rows)
             try:
                 outputs = await self._run(merged, rows)
             finally:
@@ -387,20 +387,15 @@ class DynamicBatcher:
         )
         return parts, start
 
-    def _observe_start(self, batch: Sequence[Work], start_ns: int) -> int:
+    def _observe_start(self, batch: Sequence[Work], start_ns: int, rows: int) -> int:
         if self._observer is None:
             return 0
         if len(batch) == 1:  # the usual case at low load
-            first = batch[0]
-            return self._observer.batch_started(
-                self._key, start_ns, {first.tenant: first.rows}, first.rows
-            )
+            return self._observer.batch_started(self._key, start_ns, {batch[0].tenant: rows}, rows)
         tenant_rows: dict[str, int] = {}
         for p in batch:
             tenant_rows[p.tenant] = tenant_rows.get(p.tenant, 0) + p.rows
-        return self._observer.batch_started(
-            self._key, start_ns, tenant_rows, sum(tenant_rows.values())
-        )
+        return self._observer.batch_started(self._key, start_ns, tenant_rows, rows)
 
     async def close(self) -> None:
         """Stop taking requests, run everything already queued, wait for running batches."""
