@@ -64,9 +64,17 @@ def served(channel: grpc.Channel) -> int:
 
 
 def workers_of(server: ServerProcess) -> list[psutil.Process]:
-    """The worker processes (spawned children running the server, not helper processes)."""
-    children = psutil.Process(server.process.pid).children()
-    return [c for c in children if "resource_tracker" not in " ".join(c.cmdline())]
+    """The live worker processes: spawned children running the server, not helper processes,
+    and not a killed worker the supervisor has yet to reap (a zombie has no command line)."""
+    workers = []
+    for child in psutil.Process(server.process.pid).children():
+        try:
+            command = " ".join(child.cmdline())
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            continue
+        if "resource_tracker" not in command:
+            workers.append(child)
+    return workers
 
 
 @pytest.fixture(scope="module")
@@ -196,6 +204,7 @@ def test_a_killed_worker_is_started_again_and_the_server_goes_on(two_workers: An
     victim = workers_of(server)[0]
     victim.send_signal(signal.SIGKILL)
     wait_for(lambda: "starting it again" in server.text(), 30)
+    assert "exited (code -9): starting it again" in server.text()  # reaped: the signal is named
     wait_for(lambda: len([w for w in workers_of(server) if w.pid != victim.pid]) == 2, 30)
     wait_for(lambda: server.text().count("wattserve ready: serving") >= 3, 90)
     for _ in range(10):  # fresh connections land on either worker: every one must answer

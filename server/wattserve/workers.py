@@ -214,6 +214,7 @@ class Supervisor:
                         if not self._receive(worker) and not started:
                             return 1  # a worker could not start: the server cannot
                     elif self._workers.get(worker.index) is worker:
+                        worker.process.join(5)  # reap it: its exit code (or signal) for the log
                         if not started:
                             logger.error(
                                 "worker %d exited (code %s) before it was ready: see its log above",
