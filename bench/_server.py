@@ -13,8 +13,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -28,6 +28,8 @@ READY_TIMEOUT_S = 120.0
 # Above the server's default 10 s grace period, so a slow drain is not mistaken for a hang.
 STOP_TIMEOUT_S = 15.0
 LOG_TAIL_LINES = 40
+
+ENV_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 
 REFERENCE_SERVERS = {
     "echo": Path(__file__).with_name("_echo.py"),
@@ -47,25 +49,40 @@ class ServerSpec:
     """The checkout whose wattserve runs; None for this one."""
     keeps_statistics: bool = True
     """Whether it answers ModelStatistics (every server but echo)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment variables set for it alone (`GRPC_EXPERIMENTS=...`, `OMP_...`)."""
 
     @classmethod
     def parse(cls, spec: str, demo_dir: Path) -> ServerSpec:
         """`wattserve serve` arguments; `echo`/`minimal` and that reference server's arguments;
         or `checkout PATH` and `wattserve serve` arguments for the code in PATH (a git worktree).
-        `{demo}` stands for the demo repository's folder."""
+        `{demo}` stands for the demo repository's folder. As in a shell, leading `NAME=value`
+        words set environment variables for that server alone."""
         words = shlex.split(spec.replace("{demo}", str(demo_dir)))
+        env = {}
+        while words and ENV_WORD.match(words[0]):
+            name, _, value = words.pop(0).partition("=")
+            env[name] = value
         first = words[0] if words else ""
         if first in REFERENCE_SERVERS:
             command = [sys.executable, str(REFERENCE_SERVERS[first]), *words[1:]]
-            return cls([], command, keeps_statistics=first != "echo")
+            return cls([], command, keeps_statistics=first != "echo", env=env)
         if first == "checkout":
             if len(words) < 2:
                 raise ValueError("'checkout' needs the path of a wattserve checkout (git worktree)")
             code = Path(words[1]).resolve()
             if not (code / "server" / "wattserve").is_dir():
                 raise ValueError(f"{code} is not a wattserve checkout (no server/wattserve)")
-            return cls(words[2:], code=code)
-        return cls(words)
+            return cls(words[2:], code=code, env=env)
+        return cls(words, env=env)
+
+    def serving(
+        self, demo_dir: Path, core: int | None
+    ) -> contextlib.AbstractAsyncContextManager[ServerProcess]:
+        """`serving` this server (an async context manager yielding its ServerProcess)."""
+        return serving(
+            demo_dir, core, self.args, command=self.command, code=self.code, env=self.env
+        )
 
 
 def _name(task: Path) -> str:
@@ -160,6 +177,7 @@ async def serving(
     *,
     command: Sequence[str] | None = None,
     code: Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[ServerProcess]:
     """`wattserve serve` on a free port (under taskset when `core` is given); always stopped with
     SIGTERM on the way out, and killed if it has not exited STOP_TIMEOUT_S later. Its ledger goes
@@ -167,11 +185,13 @@ async def serving(
 
     `command`: another server to run the same way instead (it must print wattserve's ready line).
     `code`: run wattserve from that checkout's `server/` and `clients/` instead of this one's.
+    `env`: environment variables to set for this server alone.
     """
     scratch = tempfile.mkdtemp(prefix="wattserve-bench-")
-    env = None
+    environment = os.environ | dict(env or {})
     if code is not None:
-        env = os.environ | {"PYTHONPATH": f"{code / 'server'}{os.pathsep}{code / 'clients'}"}
+        path = f"{code / 'server'}{os.pathsep}{code / 'clients'}"
+        environment["PYTHONPATH"] = path
     if command is None:
         command = [sys.executable, "-m", "wattserve", "serve", "--port", "0"]
         command += ["--demo-dir", str(demo_dir), "--metrics-port", "0"]
@@ -183,7 +203,7 @@ async def serving(
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env=env,
+        env=environment,
     )
     assert process.stderr is not None
     tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)

@@ -21,6 +21,9 @@ the demo repository's folder:
 
 Echo's rows per batch print as "-": it keeps no statistics.
 
+As in a shell, leading `NAME=value` words set environment variables for one side alone, e.g. a
+gRPC core experiment against the default: `--a "" --b "GRPC_EXPERIMENTS=name"`.
+
 `checkout PATH [args]` runs `wattserve serve [args]` from another copy of the code, so a change
 can be measured against its base:
 
@@ -41,7 +44,7 @@ from pathlib import Path
 import grpc
 from _loadgen import batch_counts, request_from_file
 from _paired import Side, alternate, frozen
-from _server import ServerSpec, serving, steal_counter, steal_since
+from _server import ServerSpec, steal_counter, steal_since
 from serve_vs_ort import build_demo, machine_facts, pin_process
 
 from wattserve.protocol import pb_grpc
@@ -77,8 +80,8 @@ async def run(args: argparse.Namespace, scratch: Path) -> list[tuple[float, floa
     specs = {"A": ServerSpec.parse(args.a, demo), "B": ServerSpec.parse(args.b, demo)}
     a_spec, b_spec = specs["A"], specs["B"]
     async with (
-        serving(demo, SERVER_CORE, a_spec.args, command=a_spec.command, code=a_spec.code) as a,
-        serving(demo, SERVER_CORE, b_spec.args, command=b_spec.command, code=b_spec.code) as b,
+        a_spec.serving(demo, SERVER_CORE) as a,
+        b_spec.serving(demo, SERVER_CORE) as b,
         grpc.aio.insecure_channel(a.address, options=CHANNEL_OPTIONS) as a_channel,
         grpc.aio.insecure_channel(b.address, options=CHANNEL_OPTIONS) as b_channel,
     ):

@@ -54,7 +54,7 @@ from typing import Any
 
 import grpc
 from _loadgen import request_from_file
-from _server import ServerProcess, ServerSpec, serving, steal_counter, steal_since
+from _server import ServerProcess, ServerSpec, steal_counter, steal_since
 from serve_vs_ort import build_demo
 
 from wattserve.protocol import pb, pb_grpc
@@ -101,7 +101,7 @@ async def contender(
     model, rows = case
     parsed = ServerSpec.parse(spec, demo_dir)
     async with (
-        serving(demo_dir, core, parsed.args, command=parsed.command, code=parsed.code) as server,
+        parsed.serving(demo_dir, core) as server,
         grpc.aio.insecure_channel(server.address) as channel,
     ):
         stub = pb_grpc.GRPCInferenceServiceStub(channel)

@@ -165,3 +165,22 @@ def test_instructions_counts_every_step_of_the_request_path() -> None:
     assert 0.75 * whole < sum(parts) < 1.1 * whole, counts
     run_only = counts["of which ONNX Runtime (the runner's run)"]
     assert run_only < counts["schedule and run (the batcher's front door)"], counts
+
+
+def test_a_side_may_set_environment_variables_for_its_server_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Leading `NAME=value` words of a side are its server's environment, as in a shell; the rest
+    is parsed as before (a checkout, a reference server, or `wattserve serve` arguments)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    from _server import ServerSpec
+
+    demo = Path("/demo")
+    spec = ServerSpec.parse(f"GRPC_EXPERIMENTS=a,b X_Y='1 2' checkout {BENCH.parent} --k v", demo)
+    assert spec.env == {"GRPC_EXPERIMENTS": "a,b", "X_Y": "1 2"}
+    assert (spec.code, spec.args) == (BENCH.parent, ["--k", "v"])
+    echo = ServerSpec.parse("OMP_NUM_THREADS=1 echo --uvloop", demo)
+    assert echo.env == {"OMP_NUM_THREADS": "1"} and echo.command is not None
+    assert echo.command[1:] == [str(BENCH / "_echo.py"), "--uvloop"]
+    plain = ServerSpec.parse("--max-batch=4 --label=a=b", demo)  # '=' inside arguments stays
+    assert (plain.env, plain.args) == ({}, ["--max-batch=4", "--label=a=b"])
