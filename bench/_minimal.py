@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -41,7 +42,7 @@ class Batching(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         self._executor = ThreadPoolExecutor(1) if on_thread else None
         self._queue: list[tuple[np.ndarray, asyncio.Future[list[np.ndarray]]]] = []
         self._arrived = asyncio.Event()
-        self._rows = self._batches_run = 0
+        self.rows_run = self.batches_run = 0
         self._task = asyncio.get_running_loop().create_task(self._batches())
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
@@ -58,7 +59,7 @@ class Batching(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
 
     async def ModelStatistics(self, request: Any, context: Any) -> Any:
         stats = pb.ModelStatistics(
-            name=request.name, inference_count=self._rows, execution_count=self._batches_run
+            name=request.name, inference_count=self.rows_run, execution_count=self.batches_run
         )
         return pb.ModelStatisticsResponse(model_stats=[stats])
 
@@ -82,14 +83,22 @@ class Batching(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            self._rows += len(merged)
-            self._batches_run += 1
+            self.rows_run += len(merged)
+            self.batches_run += 1
             start = 0
             for rows, future in batch:
                 end = start + len(rows)
                 if not future.done():  # its caller may have been cancelled meanwhile
                     future.set_result([output[start:end] for output in outputs])
                 start = end
+
+
+def load_session(model: str | Path) -> ort.InferenceSession:
+    """As wattserve's demo models: one thread, no spinning."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 
 async def main() -> None:
@@ -99,10 +108,7 @@ async def main() -> None:
     parser.add_argument("--run-on", choices=("thread", "loop"), default="thread")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
-    options = ort.SessionOptions()  # as wattserve's demo models: one thread, no spinning
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(args.model, options, providers=["CPUExecutionProvider"])
+    session = load_session(args.model)
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     servicer = Batching(session, args.delay_us / 1e6, args.run_on == "thread")
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)

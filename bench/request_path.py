@@ -9,11 +9,17 @@ at a time (`--in-flight`):
 
 - **wattserve**: parse, `InferenceServicer.ModelInfer` (decode, validate, batch, run ONNX
   Runtime, encode, meter), serialise;
-- **echo**: parse, the echo floor's handler (`_echo.py`), serialise.
+- **echo**: parse, the echo floor's handler (`_echo.py`), serialise;
+- **minimal**: parse, issue 5's minimal batching server (`_minimal.py`: merge what is queued,
+  run ONNX Runtime, split, no validation, no meter), without its window and on the loop, so
+  that it does only the work a batching server cannot skip; serialise.
 
-It prints CPU µs per request for both and the difference: what wattserve adds per request on
-top of the work any server does. In a server, gRPC's own per-call cost (about 370 µs on the VM of
-BENCHMARKS.md) comes on top of both. Figures are medians of the rounds.
+It prints CPU µs per request for each and the differences: what wattserve adds per request on
+top of the work any server does, and on top of the least a batching server does. Read the
+rows per batch too: in process, 128 callers queue all at once, so the minimal server merges
+nearly all of them, where gRPC would hand it a few per turn of the loop. In a server, gRPC's
+own per-call cost (about 370 µs on the VM of BENCHMARKS.md) comes on top of all three. Figures
+are medians of the rounds.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import _minimal
 import grpc
 from _echo import Echo
 from serve_vs_ort import machine_facts, pin_process
@@ -91,9 +98,15 @@ async def measure(args: argparse.Namespace, scratch: Path) -> dict[tuple[str, in
             stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
             target = Target(address, args.model, shape=PayloadShape(rows=args.rows))
             data = (await build_request(stub, target)).SerializeToString()
+        minimal = _minimal.Batching(
+            _minimal.load_session(Path(settings.repository) / args.model / "1" / "model.onnx"),
+            delay_s=0.0,
+            on_thread=False,
+        )
         handlers: dict[str, Handler] = {
             "wattserve": InferenceServicer(app.dataplane).ModelInfer,
             "echo": Echo().ModelInfer,
+            "minimal": minimal.ModelInfer,
         }
         model_stats = app.dataplane.model(args.model).statistics
         found: dict[tuple[str, int], list[float]] = {}
@@ -104,6 +117,7 @@ async def measure(args: argparse.Namespace, scratch: Path) -> dict[tuple[str, in
             for name, handler in order if round_ % 2 == 0 else order[::-1]:
                 for in_flight in args.in_flight:
                     rows, batches = model_stats.inference_count, model_stats.execution_count
+                    least_rows, least_batches = minimal.rows_run, minimal.batches_run
                     us = await cpu_per_request(handler, data, args.requests, in_flight)
                     found.setdefault((name, in_flight), []).append(us)
                     if name == "wattserve":
@@ -111,6 +125,13 @@ async def measure(args: argparse.Namespace, scratch: Path) -> dict[tuple[str, in
                             model_stats.execution_count - batches
                         )
                         found.setdefault(("rows per batch", in_flight), []).append(per_batch)
+                    if name == "minimal":
+                        per_batch = (minimal.rows_run - least_rows) / (
+                            minimal.batches_run - least_batches
+                        )
+                        found.setdefault(("minimal rows per batch", in_flight), []).append(
+                            per_batch
+                        )
         return found
     finally:
         await app.stop()
@@ -134,14 +155,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.Runner(loop_factory=new_event_loop) as runner,
     ):
         found = runner.run(measure(args, Path(tmp)))
-    print("| in flight | wattserve µs/req | echo µs/req | wattserve - echo | rows per batch |")
-    print("|---:|---:|---:|---:|---:|")
+    print(
+        "| in flight | wattserve µs/req | echo µs/req | minimal µs/req | wattserve - echo "
+        "| wattserve - minimal | rows per batch: wattserve, minimal |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for in_flight in args.in_flight:
-        ours, echo, rows = (
+        ours, echo, least, rows, least_rows = (
             statistics.median(found[(name, in_flight)])
-            for name in ("wattserve", "echo", "rows per batch")
+            for name in ("wattserve", "echo", "minimal", "rows per batch", "minimal rows per batch")
         )
-        print(f"| {in_flight} | {ours:.1f} | {echo:.1f} | {ours - echo:+.1f} | {rows:.1f} |")
+        print(
+            f"| {in_flight} | {ours:.1f} | {echo:.1f} | {least:.1f} | {ours - echo:+.1f} "
+            f"| {ours - least:+.1f} | {rows:.1f}, {least_rows:.1f} |"
+        )
     return 0
 
 

@@ -5,7 +5,7 @@ Figures are not judged here (speed is measured by the benches, never asserted in
 checked is that every part a user reads comes out: for perf.py, each served point without errors,
 the ONNX Runtime ceiling, and each paired target with one ratio per round and a verdict; for
 ab.py, both sides of every round and the median, with a reference server as a side too; for
-run_place.py, every figure of both sides; for request_path.py, both handlers' figures; for
+run_place.py, every figure of both sides; for request_path.py, the three handlers' figures; for
 instructions.py, a count for every step.
 """
 
@@ -123,13 +123,19 @@ def test_run_place_measures_both_models_on_both_sides() -> None:
         assert f"- {figure}: A " in run.stdout, run.stdout
 
 
-def test_request_path_compares_the_servicer_with_echo_in_process() -> None:
+def test_request_path_compares_the_servicer_with_echo_and_minimal_in_process() -> None:
     run = bench("request_path.py", "--requests", "300")
     rows = [line.split(" | ") for line in run.stdout.splitlines() if line.startswith("| 1")]
     assert [row[0] for row in rows] == ["| 1", "| 128"]
     for row in rows:
-        ours, echo, rows_per_batch = float(row[1]), float(row[2]), float(row[4].rstrip(" |"))
-        assert ours > 0 and echo > 0 and rows_per_batch >= 1, row
+        ours, echo, least = float(row[1]), float(row[2]), float(row[3])
+        assert ours > 0 and echo > 0 and least > 0, row
+        assert float(row[4]) == pytest.approx(ours - echo, abs=0.11), row
+        assert float(row[5]) == pytest.approx(ours - least, abs=0.11), row
+        batches = [float(n) for n in row[6].rstrip(" |").split(", ")]
+        assert len(batches) == 2 and min(batches) >= 1, row
+    lone = rows[0][6].rstrip(" |")
+    assert lone == "1.0, 1.0", lone  # one caller: every batch is its one row, in both servers
 
 
 @pytest.mark.timeout(600)  # valgrind runs the server's start-up 50 times slower
