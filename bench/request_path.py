@@ -2,8 +2,8 @@
 
     python bench/request_path.py [--requests 20000] [--rounds 3] [--model tabular_classifier]
 
-It starts the real server in this process (the demo repository, meter on, on wattserve's own
-event loop, so batching behaves as in `wattserve serve`) and pins itself to one core. Then, in
+It starts the real server in this process (the demo repository, meter on, on the event loop
+`wattserve serve` runs by default, uvloop where installed, with its load gauge) and pins itself to one core. Then, in
 alternating rounds, it sends the same serialised request through two handlers, 1 and then 128
 at a time (`--in-flight`):
 
@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pin_process({0})
     with (
         tempfile.TemporaryDirectory(prefix="wattserve-path-") as tmp,
-        asyncio.Runner(loop_factory=new_event_loop) as runner,
+        asyncio.Runner(loop_factory=lambda: new_event_loop("auto")) as runner,
     ):
         found = runner.run(measure(args, Path(tmp)))
     print(

@@ -29,6 +29,8 @@ from wattserve.core.types import Tensors
 
 T = TypeVar("T")
 WINDOW_S = WINDOW_NS / 1e9
+BUSY_TURN_S = 30e-6
+"""The work between two turns of a saturated server's loop: one gRPC callback or so."""
 
 
 KINDS = pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
@@ -49,10 +51,15 @@ async def keep_busy(seconds: float) -> None:
         await asyncio.sleep(0)
 
 
-async def turn_the_loop(seconds: float) -> None:
-    """Keep the loop turning, a task step at a time, for `seconds`: busy, never blocked."""
+async def turn_the_loop(seconds: float, work_s: float = 0.0) -> None:
+    """Keep the loop turning, a task step at a time, for `seconds`: busy, never blocked. Each
+    step first works for `work_s` (a saturated server's loop runs gRPC's callbacks, tens of µs
+    each, between two turns of a polling batcher)."""
     end = time.perf_counter() + seconds
     while True:
+        step_end = time.perf_counter() + work_s
+        while time.perf_counter() < step_end:
+            pass
         await asyncio.sleep(0)
         if time.perf_counter() >= end:
             return
@@ -166,8 +173,13 @@ def test_on_a_saturated_loop_requests_close_together_wait_to_batch(kind: EventLo
         await asyncio.sleep(2 * WINDOW_S)  # the gauge sees a busy window
         for _ in range(6):  # requests come close together
             await asyncio.gather(infer(b), infer(b))
-        model.batches.clear()
-        results = await asyncio.gather(infer(b), infer(b), infer(b))
+        # Three tries: time the VM host steals from the loop reads as idle (docs/batching.md),
+        # so about one run in a hundred sees a window that is not saturated and runs at once.
+        for _ in range(3):
+            model.batches.clear()
+            results = await asyncio.gather(infer(b), infer(b), infer(b))
+            if all(queue_ns > 0 for _, queue_ns in results):
+                break
         assert all(queue_ns > 0 for _, queue_ns in results)
         busy.cancel()
         await asyncio.gather(busy, return_exceptions=True)
@@ -181,17 +193,17 @@ def test_on_a_saturated_loop_requests_close_together_wait_to_batch(kind: EventLo
 def test_on_a_saturated_loop_waits_shorter_than_a_millisecond_still_gather(
     kind: EventLoopKind,
 ) -> None:
-    """Requests 150 µs apart on a loop that turns every few µs: the batcher waits about two gaps
-    (300 µs) at a time, which must not round to nothing (uvloop's timers count whole ms)."""
+    """Requests 150 µs apart on a loop busy with 30 µs callbacks: the batcher waits about two
+    gaps (300 µs) at a time, which must not round to nothing (uvloop's timers count whole ms)."""
 
     async def main() -> list[int]:
         model = InstantModel()
         b = gauged_batcher(model, delay_us=2_000)
         calls: list[asyncio.Future[tuple[Tensors, int]]] = []
-        await turn_the_loop(2 * WINDOW_S)  # the gauge sees a busy window
+        await turn_the_loop(2 * WINDOW_S, work_s=BUSY_TURN_S)  # the gauge sees a busy window
         for _ in range(48):
             calls.append(asyncio.ensure_future(infer(b)))
-            await turn_the_loop(0.000_150)
+            await turn_the_loop(0.000_150, work_s=BUSY_TURN_S)
         await asyncio.gather(*calls)
         await b.close()
         return model.batches
@@ -199,3 +211,29 @@ def test_on_a_saturated_loop_waits_shorter_than_a_millisecond_still_gather(
     batches = run_on_gauged_loop(main, kind)
     assert sum(batches) == 48
     assert np.mean(batches[2:]) >= 4, batches  # up to 8 rows, or what 2 ms gathers
+
+
+def test_a_polling_batcher_stops_waiting_when_the_loop_turns_with_nothing_else_to_do() -> None:
+    """On uvloop the batcher waits by yielding to the loop, which the gauge counts as busy. Once
+    the loop has nothing else to run (the load went away within the gauge's window), a turn comes
+    back at once: the batch goes then, not after two usual gaps of polling."""
+
+    async def main() -> tuple[bool, list[int]]:
+        model = InstantModel()
+        b = gauged_batcher(model, delay_us=20_000)
+        load = gauge()
+        await turn_the_loop(2 * WINDOW_S, work_s=BUSY_TURN_S)  # the gauge sees a busy window
+        for _ in range(8):  # busy, with requests 1 ms apart: the usual gap is about 1 ms
+            call = asyncio.ensure_future(infer(b))
+            await turn_the_loop(0.001, work_s=BUSY_TURN_S)
+            await call
+        saturated = load.saturated()
+        await b.infer({"x": np.ones((1, 3), np.float32)}, 1, (3,), None)  # warm the path
+        queued = [(await infer(b))[1] for _ in range(5)]  # nothing else on the loop now
+        await b.close()
+        return saturated, queued
+
+    saturated, queued = run_on_gauged_loop(main, "uvloop")
+    assert saturated  # so the batcher would wait, on the gauge alone
+    # Two usual gaps would be 2 ms; an idle turn ends the wait in microseconds.
+    assert max(queued) < 500_000, queued

@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 # Weight of the newest inter-arrival gap in the running estimate.
 _GAP_WEIGHT = 0.2
+IDLE_TURN_NS = 10_000
+"""A turn of the event loop this short ran nothing but the batcher's own poll (an idle uvloop
+turns in about 2 µs on the machines of BENCHMARKS.md; one gRPC callback takes tens)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -265,15 +268,23 @@ class DynamicBatcher:
     async def _wait_for_arrival(self, wait_ns: float) -> bool:
         """Wait up to `wait_ns` for `_arrived`; False if the time ran out."""
         if self._polls:
-            # uvloop rounds a timer to whole milliseconds: a 0.4 ms wait would end at once. The
-            # batcher waits only while the loop is saturated, so yielding to it until the time
-            # is up costs one task step per turn of the loop, and keeps microsecond precision.
-            # (Not for a model on a thread: the polling loop would take the core from it.)
-            until_ns = time.perf_counter_ns() + wait_ns
+            # uvloop rounds a timer to whole milliseconds: a 0.4 ms wait would end at once. So
+            # the batcher yields to the loop until the time is up, which keeps microsecond
+            # precision and costs one task step per turn while the loop has other work. A turn
+            # that comes back at once had none: the loop is idle but for this polling (which the
+            # load gauge counts as busy), nothing is being handed over, and the gRPC threads that
+            # would deliver the next request need the core the polling takes. Stop waiting then.
+            # (Not for a model on a thread: the polling would take the core from it.)
+            now = time.perf_counter_ns()
+            until_ns = now + wait_ns
             while not self._arrived.is_set():
-                if time.perf_counter_ns() >= until_ns:
+                if now >= until_ns:
                     return False
+                turn_ns = now
                 await asyncio.sleep(0)
+                now = time.perf_counter_ns()
+                if now - turn_ns < IDLE_TURN_NS and not self._arrived.is_set():
+                    return False
             return True
         try:
             async with asyncio.timeout(wait_ns / 1e9):
