@@ -3,9 +3,9 @@
     python bench/request_path.py [--requests 20000] [--rounds 3] [--model tabular_classifier]
 
 It starts the real server in this process (the demo repository, meter on, on the event loop
-`wattserve serve` runs by default, uvloop where installed, with its load gauge) and pins itself to one core. Then, in
-alternating rounds, it sends the same serialised request through two handlers, 1 and then 128
-at a time (`--in-flight`):
+`wattserve serve` runs by default, uvloop where installed, with its load gauge) and pins itself
+to one core. Then, in alternating rounds, it sends the same serialised request through three
+handlers, 1 and then 128 at a time (`--in-flight`):
 
 - **wattserve**: parse, `InferenceServicer.ModelInfer` (decode, validate, batch, run ONNX
   Runtime, encode, meter), serialise;
