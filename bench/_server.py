@@ -169,6 +169,18 @@ class ServerProcess:
                     process.send_signal(signum)
 
 
+def server_environment(code: Path | None, env: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment with `env` on top; for another checkout's code, its packages
+    go first on PYTHONPATH, before any PYTHONPATH that `env` sets."""
+    environment = os.environ | dict(env)
+    if code is not None:
+        paths = [str(code / "server"), str(code / "clients")]
+        if env.get("PYTHONPATH"):
+            paths.append(env["PYTHONPATH"])
+        environment["PYTHONPATH"] = os.pathsep.join(paths)
+    return environment
+
+
 @contextlib.asynccontextmanager
 async def serving(
     demo_dir: Path,
@@ -188,10 +200,7 @@ async def serving(
     `env`: environment variables to set for this server alone.
     """
     scratch = tempfile.mkdtemp(prefix="wattserve-bench-")
-    environment = os.environ | dict(env or {})
-    if code is not None:
-        path = f"{code / 'server'}{os.pathsep}{code / 'clients'}"
-        environment["PYTHONPATH"] = path
+    environment = server_environment(code, env or {})
     if command is None:
         command = [sys.executable, "-m", "wattserve", "serve", "--port", "0"]
         command += ["--demo-dir", str(demo_dir), "--metrics-port", "0"]

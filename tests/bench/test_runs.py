@@ -179,7 +179,7 @@ def test_a_side_may_set_environment_variables_for_its_server_alone(
     """Leading `NAME=value` words of a side are its server's environment, as in a shell; the rest
     is parsed as before (a checkout, a reference server, or `wattserve serve` arguments)."""
     monkeypatch.syspath_prepend(str(BENCH))
-    from _server import ServerSpec
+    from _server import ServerSpec, server_environment
 
     demo = Path("/demo")
     spec = ServerSpec.parse(f"GRPC_EXPERIMENTS=a,b X_Y='1 2' checkout {BENCH.parent} --k v", demo)
@@ -190,3 +190,9 @@ def test_a_side_may_set_environment_variables_for_its_server_alone(
     assert echo.command[1:] == [str(BENCH / "_echo.py"), "--uvloop"]
     plain = ServerSpec.parse("--max-batch=4 --label=a=b", demo)  # '=' inside arguments stays
     assert (plain.env, plain.args) == ({}, ["--max-batch=4", "--label=a=b"])
+    # A checkout's packages come first on PYTHONPATH, then the side's own PYTHONPATH.
+    environment = server_environment(Path("/code"), {"PYTHONPATH": "/extra", "A": "1"})
+    paths = environment["PYTHONPATH"].split(os.pathsep)
+    assert paths == ["/code/server", "/code/clients", "/extra"]
+    assert environment["A"] == "1" and environment["PATH"] == os.environ["PATH"]
+    assert server_environment(None, {"PYTHONPATH": "/extra"})["PYTHONPATH"] == "/extra"
