@@ -1,7 +1,7 @@
 """Two server configurations against each other, in paired rounds: is B faster than A?
 
     python bench/ab.py --a "--repository REPO_A" --b "--repository REPO_B" \\
-        [--model tabular_classifier] [--rows 1] [--concurrency 128] [--stream] [--rounds 6]
+        [--model tabular_classifier] [--rows 1] [--concurrency 128] [--streams N] [--rounds 6]
 
 Both servers (`wattserve serve` with the given extra arguments, meter on) run pinned to the same
 core; the load generator runs in this process on the other. Each round measures A and B back to
@@ -67,7 +67,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="tabular_classifier")
     parser.add_argument("--rows", type=int, default=1, help="rows per request")
     parser.add_argument("--concurrency", type=int, default=128, help="requests in flight")
-    parser.add_argument("--stream", action="store_true", help="on one ModelStreamInfer stream")
+    parser.add_argument(
+        "--streams",
+        type=int,
+        default=0,
+        help="on this many ModelStreamInfer streams sharing the requests in flight (0: unary)",
+    )
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--warmup-s", type=float, default=1.0)
     parser.add_argument("--window-s", type=float, default=3.0)
@@ -96,7 +101,6 @@ async def run(args: argparse.Namespace, scratch: Path) -> list[tuple[float, floa
         else:
             request = request_from_file(demo / args.model / "1" / "model.onnx", target)
         schedule = Schedule(args.warmup_s, args.window_s, 1, 1, -1.0)
-        loop = stream_closed_loop if args.stream else closed_loop
 
         def side(name: str) -> Side:
             server, other, stub = stubs[name]
@@ -105,13 +109,24 @@ async def run(args: argparse.Namespace, scratch: Path) -> list[tuple[float, floa
             async def measure() -> float:
                 with frozen(other):
                     before = await batch_counts(stub, args.model) if counted else (0, 0)
-                    m = await loop(
-                        stub,
-                        request,
-                        concurrency=args.concurrency,
-                        schedule=schedule,
-                        cpu_probes=[lambda: {"server": server.cpu_seconds()["server"]}],
-                    )
+                    probes = [lambda: {"server": server.cpu_seconds()["server"]}]
+                    if args.streams:
+                        m = await stream_closed_loop(
+                            stub,
+                            request,
+                            concurrency=args.concurrency,
+                            schedule=schedule,
+                            streams=args.streams,
+                            cpu_probes=probes,
+                        )
+                    else:
+                        m = await closed_loop(
+                            stub,
+                            request,
+                            concurrency=args.concurrency,
+                            schedule=schedule,
+                            cpu_probes=probes,
+                        )
                     rows, batches = await batch_counts(stub, args.model) if counted else (0, 0)
                 cores = m.cpu_cores("server") or 0.0
                 per_request = f"{cores / m.requests_per_s * 1e6:.0f}" if m.requests else "-"
@@ -136,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     facts = machine_facts()
     print(f"# bench/ab.py, {facts['date']}: {facts['nproc']} cores ({facts['cpu']})")
     print(f"# A: {args.a}\n# B: {args.b}")
-    path = "one stream" if args.stream else "unary"
+    path = f"{args.streams} stream(s)" if args.streams else "unary"
     print(f"# {args.model}, {args.rows} row(s), {args.concurrency} in flight, {path}\n")
     pin_process({CLIENT_CORE})
     steal = steal_counter()

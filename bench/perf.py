@@ -58,7 +58,13 @@ from serve_vs_ort import machine_facts, pin_process
 
 from wattserve.protocol import pb_grpc
 from wattserve_client._request import CHANNEL_OPTIONS
-from wattserve_client.loadgen import Measurement, Schedule, closed_loop, stream_closed_loop
+from wattserve_client.loadgen import (
+    CpuProbe,
+    Measurement,
+    Schedule,
+    closed_loop,
+    stream_closed_loop,
+)
 from wattserve_client.payloads import PayloadShape
 from wattserve_client.sweep import Target, build_request
 
@@ -73,7 +79,8 @@ class Case:
     model: str
     rows: int
     concurrencies: tuple[int, ...]
-    stream: bool = False
+    streams: int = 0
+    """ModelStreamInfer streams sharing the requests in flight; 0: unary calls."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +103,7 @@ class Point:
             "case": self.case.label,
             "model": self.case.model,
             "rows": self.case.rows,
-            "stream": self.case.stream,
+            "streams": self.case.streams,
             "concurrency": self.concurrency,
             "requests_per_s": self.requests_per_s,
             "samples_per_s": self.requests_per_s * self.case.rows,
@@ -113,7 +120,8 @@ class Point:
 def cases(concurrencies: tuple[int, ...]) -> list[Case]:
     return [
         Case("tabular 1 row", "tabular_classifier", 1, concurrencies),
-        Case("tabular 1 row, stream", "tabular_classifier", 1, (32, 128), stream=True),
+        Case("tabular 1 row, stream", "tabular_classifier", 1, (32, 128), streams=1),
+        Case("tabular 1 row, 16 streams", "tabular_classifier", 1, (32, 128), streams=16),
         Case("dense 1 row", "dense", 1, concurrencies),
         Case("dense 16 rows", "dense", 16, concurrencies),
         Case("heavy 1 row", _heavy.NAME, 1, (1, 8, 16)),
@@ -195,13 +203,8 @@ async def measure(
         for case in selected:
             for concurrency in case.concurrencies:
                 before = await batch_counts(stub, case.model) if name == "wattserve" else None
-                loop = stream_closed_loop if case.stream else closed_loop
-                measurement = await loop(
-                    stub,
-                    requests[case.label],
-                    concurrency=concurrency,
-                    schedule=schedule,
-                    cpu_probes=probes(server),
+                measurement = await run_case(
+                    stub, case, requests[case.label], concurrency, schedule, probes(server)
                 )
                 rows_per_batch = None
                 if before is not None:
@@ -232,6 +235,29 @@ once. Half of that window is the margin asked for here."""
 MINIMAL_RUN_ON = {"tabular_classifier": "loop", "dense": "thread"}
 """Where issue 5's minimal server runs each model: the faster place for it (bench/ab.py: on the
 loop the tabular model served 1.12 times what it served with a thread)."""
+
+
+async def run_case(
+    stub: Any,
+    case: Case,
+    request: Any,
+    concurrency: int,
+    schedule: Schedule,
+    cpu_probes: Sequence[CpuProbe] = (),
+) -> Measurement:
+    """One closed-loop run of `case`: unary calls, or its streams sharing the requests."""
+    if case.streams:
+        return await stream_closed_loop(
+            stub,
+            request,
+            concurrency=concurrency,
+            schedule=schedule,
+            streams=case.streams,
+            cpu_probes=cpu_probes,
+        )
+    return await closed_loop(
+        stub, request, concurrency=concurrency, schedule=schedule, cpu_probes=cpu_probes
+    )
 
 
 async def run_servers(
@@ -348,10 +374,7 @@ async def measure_pairs(
 
             async def side() -> float:
                 with frozen(*others(server)):
-                    loop = stream_closed_loop if case.stream else closed_loop
-                    m = await loop(
-                        stub, requests[label], concurrency=concurrency, schedule=schedule
-                    )
+                    m = await run_case(stub, case, requests[label], concurrency, schedule)
                 return m.latency_ms(50) if p50 else m.requests_per_s * case.rows
 
             return side
@@ -399,13 +422,15 @@ async def measure_pairs(
             concurrency = best(heavy[0])
             a, b = load("wattserve", heavy[0], concurrency), ceiling(_heavy.NAME)
             await pair(f"heavy, {concurrency} in flight ÷ ORT ceiling (samples/s)", a, b, 0.97)
-        stream = "tabular 1 row, stream"
-        if stream in labels and "tabular 1 row" in labels:
+        for stream in (label for label, case in labels.items() if case.streams):
+            if labels[stream].model != "tabular_classifier" or "tabular 1 row" not in labels:
+                continue
             a, b = (
                 load("wattserve", stream, best(stream)),
                 load("wattserve", "tabular 1 row", best("tabular 1 row")),
             )
-            await pair("tabular stream ÷ unary, best in flight of each (req/s)", a, b, 2.0)
+            name = f"{stream.removeprefix('tabular 1 row, ')} ÷ unary, best in flight of each"
+            await pair(f"tabular {name} (req/s)", a, b, 2.0)
         for label, model in (("tabular 1 row", "tabular_classifier"), ("dense 1 row", "dense")):
             if label in echoed and 1 in labels[label].concurrencies and model in ort:
                 batch1 = next(p for p in ort[model] if p.batch == 1).ms_per_batch
@@ -543,13 +568,14 @@ def targets(points: list[Point], ort: dict[str, list[_ort.OrtPoint]]) -> list[tu
             0.97,
             "samples/s",
         )
-    streams = [p for p in points if p.server == "wattserve" and p.case.stream]
     unary = [p for p in points if p.server == "wattserve" and p.case.label == "tabular 1 row"]
-    if streams and unary:
-        best_stream = max(streams, key=lambda p: p.requests_per_s)
+    for streams in sorted({p.case.streams for p in points if p.case.streams}):
+        streamed = [p for p in points if p.server == "wattserve" and p.case.streams == streams]
+        if not streamed or not unary or streamed[0].case.model != "tabular_classifier":
+            continue
         ratio(
-            "tabular stream ÷ unary (best of each)",
-            best_stream,
+            f"tabular, {streams} stream{'s' if streams > 1 else ''} ÷ unary (best of each)",
+            max(streamed, key=lambda p: p.requests_per_s),
             max(p.requests_per_s for p in unary),
             2.0,
             "req/s",

@@ -12,10 +12,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
 READY = re.compile(r"wattserve ready: serving \d+ model\(s\) on (\S+):(\d+)")
@@ -132,3 +134,26 @@ def screenshot(html: Path, png: Path) -> None:
             timeout=120,
         )
     assert shot.returncode == 0 and png.stat().st_size > 0, shot.stderr
+
+
+class CountingStreams(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    """Counts the ModelStreamInfer streams a channel opens and, for those given a request
+    iterator, the messages each carries (a stream written to with `call.write` counts as 0)."""
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+
+    async def intercept_stream_stream(
+        self, continuation: Any, details: Any, request_iterator: Any
+    ) -> Any:
+        stream = len(self.sent)
+        self.sent.append(0)
+        if request_iterator is None:
+            return await continuation(details, None)
+
+        async def counted() -> AsyncIterator[Any]:
+            async for request in request_iterator:
+                self.sent[stream] += 1
+                yield request
+
+        return await continuation(details, counted())

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -13,12 +14,36 @@ from wattserve.protocol import pb, pb_grpc
 from wattserve_client._errors import InferenceError, from_rpc_error
 from wattserve_client._request import CHANNEL_OPTIONS, Tensors, infer_request, outputs_of
 
+_STREAM_ENDED = object()
+"""What a stream's reader in `AsyncClient.stream_infer` posts when its stream has ended."""
+
+
+async def _numbered_requests(
+    model: str,
+    batches: AsyncIterable[Mapping[str, np.ndarray]] | Iterable[Mapping[str, np.ndarray]],
+) -> AsyncIterator[Any]:
+    """One ModelInferRequest per input mapping, with its position as its id."""
+    index = 0
+    if isinstance(batches, AsyncIterable):
+        async for inputs in batches:
+            yield infer_request(model, inputs, request_id=str(index))
+            index += 1
+    else:
+        for inputs in batches:
+            yield infer_request(model, inputs, request_id=str(index))
+            index += 1
+
 
 class AsyncClient:
     """Talks to one server. Every failed call raises InferenceError with the gRPC status."""
 
-    def __init__(self, target: str) -> None:
-        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    def __init__(
+        self, target: str, *, interceptors: Sequence[grpc.aio.ClientInterceptor] = ()
+    ) -> None:
+        """`interceptors`: grpc.aio client interceptors for every call (metadata, auth, tracing)."""
+        self._channel = grpc.aio.insecure_channel(
+            target, options=CHANNEL_OPTIONS, interceptors=interceptors
+        )
         self.stub = pb_grpc.GRPCInferenceServiceStub(self._channel)  # type: ignore[no-untyped-call]
         """The raw generated stub, for RPCs this client does not wrap."""
 
@@ -88,28 +113,58 @@ class AsyncClient:
         self,
         model: str,
         batches: AsyncIterable[Mapping[str, np.ndarray]] | Iterable[Mapping[str, np.ndarray]],
+        *,
+        streams: int = 1,
     ) -> AsyncIterator[tuple[str, Tensors | InferenceError]]:
-        """Send many requests on one ModelStreamInfer stream; yields (request id, outputs or error)
+        """Send many requests on ModelStreamInfer streams; yields (request id, outputs or error)
         as responses arrive, which may be out of order. Ids are the inputs' positions ("0", "1"...).
+
+        `streams` opens that many streams on the channel, each sending the next request as soon as
+        it can. A server reads each stream's messages one at a time, so for throughput spread
+        many requests in flight over several streams (docs/performance.md, "Several streams").
         """
+        if streams < 1:
+            raise ValueError(f"streams must be >= 1, got {streams}")
+        source = _numbered_requests(model, batches)
+        taking = asyncio.Lock()  # an async generator refuses a second caller while it waits
 
         async def requests() -> AsyncIterator[Any]:
-            index = 0
-            if isinstance(batches, AsyncIterable):
-                async for inputs in batches:
-                    yield infer_request(model, inputs, request_id=str(index))
-                    index += 1
-            else:
-                for inputs in batches:
-                    yield infer_request(model, inputs, request_id=str(index))
-                    index += 1
+            while True:
+                async with taking:
+                    request = await anext(source, None)
+                if request is None:
+                    return
+                yield request
 
+        calls = [self.stub.ModelStreamInfer(requests()) for _ in range(streams)]
+        arrived: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def drain(call: Any) -> None:
+            try:
+                async for response in call:
+                    arrived.put_nowait(response)
+            except grpc.RpcError as error:
+                arrived.put_nowait(error)
+            finally:
+                arrived.put_nowait(_STREAM_ENDED)
+
+        drains = [asyncio.create_task(drain(call)) for call in calls]
         try:
-            async for response in self.stub.ModelStreamInfer(requests()):
-                answer = response.infer_response
-                if response.error_message:
-                    yield answer.id, InferenceError(grpc.StatusCode.UNKNOWN, response.error_message)
+            open_streams = streams
+            while open_streams:
+                item = await arrived.get()
+                if item is _STREAM_ENDED:
+                    open_streams -= 1
+                elif isinstance(item, grpc.RpcError):
+                    raise from_rpc_error(item) from None
+                elif item.error_message:
+                    error = InferenceError(grpc.StatusCode.UNKNOWN, item.error_message)
+                    yield item.infer_response.id, error
                 else:
-                    yield answer.id, outputs_of(answer)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+                    yield item.infer_response.id, outputs_of(item.infer_response)
+        finally:
+            for call in calls:
+                call.cancel()
+            for task in drains:
+                task.cancel()
+            await asyncio.gather(*drains, return_exceptions=True)

@@ -242,53 +242,59 @@ async def stream_closed_loop(
     *,
     concurrency: int,
     schedule: Schedule,
+    streams: int = 0,
     metadata: Sequence[tuple[str, str]] = (),
     cpu_probes: Sequence[CpuProbe] = (),
 ) -> Measurement:
-    """Keep `concurrency` copies of `request` in flight on one ModelStreamInfer stream per stub
-    (shared out evenly over the streams).
+    """Keep `concurrency` copies of `request` in flight on `streams` ModelStreamInfer streams
+    (default: one per stub), opened on the stubs in turn, the requests shared out evenly.
 
     Each message carries its own id (responses come back in completion order, not sending order);
     a response with an `error_message` counts as a failed call.
     """
     stubs = _as_list(stub)
-    if concurrency < len(stubs):
-        raise ValueError(f"concurrency must be >= {len(stubs)} (one per stream), got {concurrency}")
+    streams = streams or len(stubs)
+    if streams < len(stubs):
+        raise ValueError(f"need at least one stream per connection ({len(stubs)}), got {streams}")
+    if concurrency < streams:
+        raise ValueError(f"concurrency must be >= {streams} (one per stream), got {concurrency}")
     calls = _Calls(stubs, request, metadata)
     calls.in_flight_max = concurrency
     stop = asyncio.Event()
-    shares = [
-        concurrency * (i + 1) // len(stubs) - concurrency * i // len(stubs)
-        for i in range(len(stubs))
-    ]
+    shares = [concurrency * (i + 1) // streams - concurrency * i // streams for i in range(streams)]
+    on = [stubs[i % len(stubs)] for i in range(streams)]
 
     async def streamer(stub: Any, in_flight: int) -> None:
         call = stub.ModelStreamInfer(metadata=tuple(metadata))
-        message = type(request)()
-        message.CopyFrom(request)  # its id changes per send; the caller's request stays as it is
-        sent: dict[str, int] = {}
+        # One copy of the request per slot in flight, its id changed per send; a copy is sent
+        # again only once its answer is back, so it has been serialised even where a channel's
+        # interceptors queue the writes. The caller's request stays as it is.
+        copies = [type(request)() for _ in range(in_flight)]
+        sent: dict[str, tuple[int, Any]] = {}
         numbers = itertools.count()
 
-        async def send() -> None:
+        async def send(message: Any) -> None:
             message.id = str(next(numbers))
-            sent[message.id] = time.perf_counter_ns()
-            await call.write(message)  # serialised here: changing the id afterwards is safe
+            sent[message.id] = (time.perf_counter_ns(), message)
+            await call.write(message)
 
         try:
-            for _ in range(in_flight):
-                await send()
+            for message in copies:
+                message.CopyFrom(request)
+                await send(message)
             async for response in call:
-                calls.record(sent.pop(response.infer_response.id), response.error_message or None)
+                started_ns, message = sent.pop(response.infer_response.id)
+                calls.record(started_ns, response.error_message or None)
                 if not stop.is_set():
-                    await send()
+                    await send(message)
                 elif not sent:
                     break
             await call.done_writing()
         except grpc.aio.AioRpcError as exc:  # the stream itself failed: what was in flight is lost
-            for started_ns in sent.values():
+            for started_ns, _ in sent.values():
                 calls.record(started_ns, f"{exc.code().name}: {exc.details()}")
 
-    senders = [functools.partial(streamer, s, n) for s, n in zip(stubs, shares, strict=True)]
+    senders = [functools.partial(streamer, s, n) for s, n in zip(on, shares, strict=True)]
     return await _run(calls, senders, stop, schedule, cpu_probes)
 
 

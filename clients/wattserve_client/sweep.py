@@ -97,28 +97,46 @@ async def sweep(
     *,
     stream: bool = False,
     connections: int = 1,
+    streams: int = 0,
 ) -> dict[str, Any]:
-    """`stream`: keep the requests in flight on ModelStreamInfer streams, not as unary calls.
+    """`stream`: keep the requests in flight on ModelStreamInfer streams, not as unary calls:
+    `streams` of them (default one per connection), opened on the connections in turn.
     `connections`: TCP connections the calls (or streams) take turns on; a server with worker
     processes needs at least one per worker."""
-    loop = stream_closed_loop if stream else closed_loop
+    streams = (streams or connections) if stream else 0
     async with open_stubs(target.address, connections, CHANNEL_OPTIONS) as stubs:
         request = await build_request(stubs[0], target)
         points = []
         for concurrency in concurrencies:
-            m = await loop(
-                stubs, request, concurrency=concurrency, schedule=schedule, metadata=target.metadata
-            )
+            if stream:
+                m = await stream_closed_loop(
+                    stubs,
+                    request,
+                    concurrency=concurrency,
+                    schedule=schedule,
+                    streams=streams,
+                    metadata=target.metadata,
+                )
+            else:
+                m = await closed_loop(
+                    stubs,
+                    request,
+                    concurrency=concurrency,
+                    schedule=schedule,
+                    metadata=target.metadata,
+                )
             points.append(point("concurrency", concurrency, m, target.shape.rows))
             print(_row(points[-1]), file=sys.stderr)
     passing = [p for p in points if within_slo(p, slo_p99_ms, max_error_rate)]
     peak = max(passing, key=lambda p: p["requests_per_s"], default=None)
     return {
-        "mode": "closed-loop concurrency sweep" + (" on one stream" if stream else ""),
+        "mode": "closed-loop concurrency sweep"
+        + ((" on one stream" if streams == 1 else f" on {streams} streams") if stream else ""),
         "target": target.address,
         "model": target.model,
         "rows_per_request": target.shape.rows,
         "connections": connections,
+        "streams": streams,
         "slo": {"p99_ms": slo_p99_ms, "max_error_rate": max_error_rate},
         "schedule": {
             "warmup_s": schedule.warmup_s,
@@ -197,8 +215,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stream",
         action="store_true",
-        help="send on ModelStreamInfer streams (the streaming path), one per connection, instead "
-        "of unary calls",
+        help="send on ModelStreamInfer streams (the streaming path) instead of unary calls",
+    )
+    parser.add_argument(
+        "--streams",
+        type=int,
+        default=0,
+        help="with --stream: how many streams share the requests in flight, opened on the "
+        "connections in turn (default: one per connection). One stream reads its messages one "
+        "at a time; several let the server take many at once (docs/performance.md)",
     )
     parser.add_argument(
         "--connections",
@@ -213,12 +238,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    floor = args.connections if args.stream else 1
-    if args.connections < 1 or min(concurrencies) < floor:
+    streams = args.streams or args.connections
+    floor = streams if args.stream else 1
+    if args.connections < 1 or streams < args.connections or min(concurrencies) < floor:
         print(
-            f"wattserve sweep: need --connections >= 1 and every --concurrency >= {floor}"
-            f"{' (one stream per connection)' if args.stream else ''}; got --connections "
-            f"{args.connections} and --concurrency {args.concurrency}",
+            f"wattserve sweep: need --connections >= 1, --streams >= --connections and every "
+            f"--concurrency >= {floor}{' (one per stream)' if args.stream else ''}; got "
+            f"--connections {args.connections}, --streams {args.streams} and --concurrency "
+            f"{args.concurrency}",
             file=sys.stderr,
         )
         return 2
@@ -231,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
             args.max_error_rate,
             stream=args.stream,
             connections=args.connections,
+            streams=args.streams,
         )
     )
     text = json.dumps(result, indent=2)

@@ -50,10 +50,14 @@ def test_perf_runs_and_reports_every_target(tmp_path: Path) -> None:
         ("wattserve", "tabular 1 row", 4),
         ("wattserve", "tabular 1 row, stream", 32),
         ("wattserve", "tabular 1 row, stream", 128),
+        ("wattserve", "tabular 1 row, 16 streams", 32),
+        ("wattserve", "tabular 1 row, 16 streams", 128),
         ("echo", "tabular 1 row", 1),
         ("echo", "tabular 1 row", 4),
         ("echo", "tabular 1 row, stream", 32),
         ("echo", "tabular 1 row, stream", 128),
+        ("echo", "tabular 1 row, 16 streams", 32),
+        ("echo", "tabular 1 row, 16 streams", 128),
     }
     for point in points:
         assert point["errors"] == 0 and point["requests_per_s"] > 0, point
@@ -64,6 +68,7 @@ def test_perf_runs_and_reports_every_target(tmp_path: Path) -> None:
         "tabular 1 row, 1 in flight: p50 - minimal server p50 ≤ -0.5 ms",
         "tabular 1 row, 4 in flight ÷ echo floor (req/s)",
         "tabular 1 row, 4 in flight ÷ minimal batching server",
+        "tabular 16 streams ÷ unary, best in flight of each (req/s)",
         "tabular stream ÷ unary, best in flight of each (req/s)",
     ]
     for target in paired.values():
@@ -76,14 +81,16 @@ def test_perf_runs_and_reports_every_target(tmp_path: Path) -> None:
 
 
 def test_ab_runs_paired_rounds_of_two_configurations() -> None:
-    """An A/A run of `bench/ab.py`: both sides measured in each round, the median printed. Side A
-    runs the code of a named checkout (this one), as when comparing a change with its base."""
+    """An A/A run of `bench/ab.py` on streams: both sides measured in each round, the median
+    printed. Side A runs the code of a named checkout (this one), as when comparing a change with
+    its base."""
     checkout = f"checkout {BENCH.parent}"
     run = bench(
         "ab.py",
-        *("--a", checkout, "--b", "--log-level INFO", "--concurrency", "4", "--rounds", "2"),
-        *("--warmup-s", "0.5", "--window-s", "1"),
+        *("--a", checkout, "--b", "--log-level INFO", "--concurrency", "8", "--rounds", "2"),
+        *("--streams", "4", "--warmup-s", "0.5", "--window-s", "1"),
     )
+    assert "# tabular_classifier, 1 row(s), 8 in flight, 4 stream(s)" in run.stdout
     sides = [line.split(" | ") for line in run.stdout.splitlines() if line.startswith("| A |")]
     sides += [line.split(" | ") for line in run.stdout.splitlines() if line.startswith("| B |")]
     assert len(sides) == 4

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
 import grpc
 import numpy as np
 import pytest
 
+from tests.support import CountingStreams
 from wattserve_client import AsyncClient, Client, InferenceError
 
 RNG = np.random.default_rng(3)
@@ -65,3 +70,55 @@ def test_sync_client(address: str) -> None:
     assert outputs["output"].shape == (2, 512)
     assert caught.value.code == grpc.StatusCode.NOT_FOUND
     assert "unknown model 'nope'" in str(caught.value)
+
+
+async def test_async_client_spreads_a_stream_over_several_streams(address: str) -> None:
+    batches = [{"x": RNG.standard_normal((1, 3)).astype(np.float32)} for _ in range(40)]
+    batches[7] = {"x": np.zeros((1, 5), np.float32)}  # the wrong shape: fails alone
+
+    async def slowly() -> AsyncIterator[dict[str, np.ndarray]]:
+        for inputs in batches:
+            await asyncio.sleep(0.001)  # every stream is waiting for the next one by now
+            yield inputs
+
+    counting = CountingStreams()
+    async with AsyncClient(address, interceptors=[counting]) as client:
+        answers = {
+            rid: result
+            async for rid, result in client.stream_infer("identity_fp32", slowly(), streams=4)
+        }
+        with pytest.raises(ValueError, match="streams must be >= 1, got 0"):
+            async for _ in client.stream_infer("identity_fp32", batches, streams=0):
+                pass
+    assert len(counting.sent) == 4 and sum(counting.sent) == 40
+    assert min(counting.sent) > 0, counting.sent
+    assert sorted(answers, key=int) == [str(i) for i in range(40)]
+    failed = answers.pop("7")
+    assert isinstance(failed, InferenceError)
+    assert "identity_fp32" in failed.message and "[-1, 3]" in failed.message
+    for request_id, result in answers.items():
+        assert not isinstance(result, InferenceError), result
+        np.testing.assert_array_equal(result["y"], batches[int(request_id)]["x"])
+
+
+class BadTenant(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    """Sends a tenant header the server refuses, which fails the whole stream."""
+
+    async def intercept_stream_stream(
+        self, continuation: Any, details: Any, request_iterator: Any
+    ) -> Any:
+        details = details._replace(metadata=grpc.aio.Metadata(("x-wattserve-tenant", "no way!")))
+        return await continuation(details, request_iterator)
+
+
+async def test_async_client_raises_when_one_of_its_streams_fails(address: str) -> None:
+    async with AsyncClient(address, interceptors=[BadTenant()]) as client:
+        with pytest.raises(InferenceError) as caught:
+            async for _ in client.stream_infer(
+                "identity_fp32", [{"x": np.zeros((1, 3), np.float32)}] * 4, streams=2
+            ):
+                pass
+        # The client is still usable: the failed streams were cancelled, not left open.
+        assert await client.server_live()
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "x-wattserve-tenant" in caught.value.message

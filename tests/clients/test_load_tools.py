@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import run_server, screenshot
+from tests.support import CountingStreams, run_server, screenshot
 from wattserve.protocol import pb, pb_grpc
 from wattserve_client import Client
+from wattserve_client._request import infer_request
+from wattserve_client.loadgen import Schedule, stream_closed_loop
 from wattserve_client.payloads import PayloadShape, inputs_for
 
 QUICK = ["--warmup-s", "0.3", "--window-s", "0.5", "--max-windows", "6", "--stability", "0.5"]
@@ -186,3 +188,44 @@ def test_capacity_with_an_impossible_slo_fails(address: str, tmp_path: Path) -> 
     assert code == 1
     assert "no rate met p99 <= 0.001 ms" in output
     assert result["peak"] is None and result["found_knee"]
+
+
+async def test_a_stream_closed_loop_opens_its_streams_on_the_connections_in_turn(
+    address: str,
+) -> None:
+    counters = [CountingStreams(), CountingStreams()]
+    channels = [grpc.aio.insecure_channel(address, interceptors=[c]) for c in counters]
+    stubs = [pb_grpc.GRPCInferenceServiceStub(channel) for channel in channels]
+    request = infer_request("tabular_classifier", {"features": np.ones((1, 30), np.float32)})
+    schedule = Schedule(0.2, 0.3, 1, 1, -1.0)
+    try:
+        m = await stream_closed_loop(stubs, request, concurrency=8, schedule=schedule, streams=4)
+        with pytest.raises(ValueError, match=r"at least one stream per connection \(2\), got 1"):
+            await stream_closed_loop(stubs, request, concurrency=8, schedule=schedule, streams=1)
+    finally:
+        for channel in channels:
+            await channel.close()
+    assert [len(c.sent) for c in counters] == [2, 2]
+    assert m.requests > 0 and m.errors == 0
+
+
+def test_sweep_on_several_streams_names_them_and_refuses_fewer_than_connections(
+    address: str, tmp_path: Path
+) -> None:
+    out_json = tmp_path / "streams.json"
+    done = wattserve(
+        "sweep", "--target", address, "--model", "tabular_classifier", "--concurrency", "8",
+        "--stream", "--streams", "4", "--json", str(out_json), *QUICK,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out_json.read_text())
+    assert result["mode"] == "closed-loop concurrency sweep on 4 streams"
+    assert result["streams"] == 4 and result["connections"] == 1
+    assert result["points"][0]["requests"] > 0 and result["points"][0]["errors"] == 0
+    refused = wattserve(
+        "sweep", "--target", address, "--model", "tabular_classifier", "--concurrency", "8",
+        "--stream", "--streams", "2", "--connections", "3", *QUICK,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "--streams >= --connections" in refused.stderr
+    assert "got --connections 3, --streams 2" in refused.stderr
