@@ -343,4 +343,5 @@ def test_the_sweep_refuses_fewer_streams_in_flight_than_connections() -> None:
         timeout=60,
     )
     assert result.returncode == 2
-    assert "every --concurrency >= 4 (one stream per connection)" in result.stderr
+    assert "every --concurrency >= 4 (one per stream)" in result.stderr
+    assert "got --connections 4, --streams 4 and --concurrency 1,8" in result.stderr

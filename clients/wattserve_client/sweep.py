@@ -244,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"wattserve sweep: need --connections >= 1, --streams >= --connections and every "
             f"--concurrency >= {floor}{' (one per stream)' if args.stream else ''}; got "
-            f"--connections {args.connections}, --streams {args.streams} and --concurrency "
+            f"--connections {args.connections}, --streams {streams} and --concurrency "
             f"{args.concurrency}",
             file=sys.stderr,
         )
