@@ -9,15 +9,16 @@ Latencies are kept in nanoseconds, so sub-millisecond calls are measured as they
 - **Closed loop** (`concurrency`): each of N workers sends, waits for the answer, sends again.
   Exact in-flight control, the right tool for a throughput ceiling, but it hides queueing: when the
   server slows down, the load slows down with it.
-- **Stream closed loop**: N requests in flight on one ModelStreamInfer stream, each sent as soon
-  as an answer comes back: the streaming path's throughput ceiling.
+- **Stream closed loop**: N requests in flight on ModelStreamInfer streams (one, or several
+  sharing them), each sent as soon as an answer comes back: the streaming path's ceiling.
 - **Open loop** (`rate_per_s`): requests leave on a fixed schedule whatever the server does, and
   each latency counts from the scheduled send time, so a server that falls behind shows it in its
   latencies (no coordinated omission). The right tool for "can it sustain N/s within the SLO?".
 
 Failed calls are counted (with their first messages), not raised: the caller decides what an
 error rate means. Every loop takes one stub or several (`open_stubs`: one TCP connection each);
-with several, calls take turns over them and a stream closed loop opens one stream on each. A
+with several, calls take turns over them and a stream closed loop opens its streams on them in
+turn (by default one on each). A
 server with worker processes (`--workers`) balances connections, not calls, so it needs several.
 """
 
