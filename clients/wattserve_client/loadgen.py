@@ -18,8 +18,8 @@ Latencies are kept in nanoseconds, so sub-millisecond calls are measured as they
 Failed calls are counted (with their first messages), not raised: the caller decides what an
 error rate means. Every loop takes one stub or several (`open_stubs`: one TCP connection each);
 with several, calls take turns over them and a stream closed loop opens its streams on them in
-turn (by default one on each). A
-server with worker processes (`--workers`) balances connections, not calls, so it needs several.
+turn (by default one on each). A server with worker processes (`--workers`) balances
+connections, not calls, so it needs several.
 """
 
 from __future__ import annotations
