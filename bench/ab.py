@@ -49,7 +49,7 @@ from serve_vs_ort import build_demo, machine_facts, pin_process
 
 from wattserve.protocol import pb_grpc
 from wattserve_client._request import CHANNEL_OPTIONS
-from wattserve_client.loadgen import Schedule, closed_loop, stream_closed_loop
+from wattserve_client.loadgen import Schedule, closed_loop
 from wattserve_client.payloads import PayloadShape
 from wattserve_client.sweep import Target, build_request
 
@@ -110,23 +110,14 @@ async def run(args: argparse.Namespace, scratch: Path) -> list[tuple[float, floa
                 with frozen(other):
                     before = await batch_counts(stub, args.model) if counted else (0, 0)
                     probes = [lambda: {"server": server.cpu_seconds()["server"]}]
-                    if args.streams:
-                        m = await stream_closed_loop(
-                            stub,
-                            request,
-                            concurrency=args.concurrency,
-                            schedule=schedule,
-                            streams=args.streams,
-                            cpu_probes=probes,
-                        )
-                    else:
-                        m = await closed_loop(
-                            stub,
-                            request,
-                            concurrency=args.concurrency,
-                            schedule=schedule,
-                            cpu_probes=probes,
-                        )
+                    m = await closed_loop(
+                        stub,
+                        request,
+                        concurrency=args.concurrency,
+                        schedule=schedule,
+                        streams=args.streams,
+                        cpu_probes=probes,
+                    )
                     rows, batches = await batch_counts(stub, args.model) if counted else (0, 0)
                 cores = m.cpu_cores("server") or 0.0
                 per_request = f"{cores / m.requests_per_s * 1e6:.0f}" if m.requests else "-"

@@ -58,13 +58,7 @@ from serve_vs_ort import machine_facts, pin_process
 
 from wattserve.protocol import pb_grpc
 from wattserve_client._request import CHANNEL_OPTIONS
-from wattserve_client.loadgen import (
-    CpuProbe,
-    Measurement,
-    Schedule,
-    closed_loop,
-    stream_closed_loop,
-)
+from wattserve_client.loadgen import Measurement, Schedule, closed_loop
 from wattserve_client.payloads import PayloadShape
 from wattserve_client.sweep import Target, build_request
 
@@ -203,8 +197,13 @@ async def measure(
         for case in selected:
             for concurrency in case.concurrencies:
                 before = await batch_counts(stub, case.model) if name == "wattserve" else None
-                measurement = await run_case(
-                    stub, case, requests[case.label], concurrency, schedule, probes(server)
+                measurement = await closed_loop(
+                    stub,
+                    requests[case.label],
+                    concurrency=concurrency,
+                    schedule=schedule,
+                    streams=case.streams,
+                    cpu_probes=probes(server),
                 )
                 rows_per_batch = None
                 if before is not None:
@@ -235,29 +234,6 @@ once. Half of that window is the margin asked for here."""
 MINIMAL_RUN_ON = {"tabular_classifier": "loop", "dense": "thread"}
 """Where issue 5's minimal server runs each model: the faster place for it (bench/ab.py: on the
 loop the tabular model served 1.12 times what it served with a thread)."""
-
-
-async def run_case(
-    stub: Any,
-    case: Case,
-    request: Any,
-    concurrency: int,
-    schedule: Schedule,
-    cpu_probes: Sequence[CpuProbe] = (),
-) -> Measurement:
-    """One closed-loop run of `case`: unary calls, or its streams sharing the requests."""
-    if case.streams:
-        return await stream_closed_loop(
-            stub,
-            request,
-            concurrency=concurrency,
-            schedule=schedule,
-            streams=case.streams,
-            cpu_probes=cpu_probes,
-        )
-    return await closed_loop(
-        stub, request, concurrency=concurrency, schedule=schedule, cpu_probes=cpu_probes
-    )
 
 
 async def run_servers(
@@ -374,7 +350,13 @@ async def measure_pairs(
 
             async def side() -> float:
                 with frozen(*others(server)):
-                    m = await run_case(stub, case, requests[label], concurrency, schedule)
+                    m = await closed_loop(
+                        stub,
+                        requests[label],
+                        concurrency=concurrency,
+                        schedule=schedule,
+                        streams=case.streams,
+                    )
                 return m.latency_ms(50) if p50 else m.requests_per_s * case.rows
 
             return side

@@ -221,10 +221,22 @@ async def closed_loop(
     *,
     concurrency: int,
     schedule: Schedule,
+    streams: int = 0,
     metadata: Sequence[tuple[str, str]] = (),
     cpu_probes: Sequence[CpuProbe] = (),
 ) -> Measurement:
-    """Keep `concurrency` copies of `request` in flight until the windows are stable."""
+    """Keep `concurrency` copies of `request` in flight until the windows are stable: as unary
+    calls, or with `streams` > 0 on that many ModelStreamInfer streams (`stream_closed_loop`)."""
+    if streams:
+        return await stream_closed_loop(
+            stub,
+            request,
+            concurrency=concurrency,
+            schedule=schedule,
+            streams=streams,
+            metadata=metadata,
+            cpu_probes=cpu_probes,
+        )
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     calls = _Calls(stub, request, metadata)

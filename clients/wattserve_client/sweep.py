@@ -27,7 +27,6 @@ from wattserve_client.loadgen import (
     Schedule,
     closed_loop,
     open_stubs,
-    stream_closed_loop,
 )
 from wattserve_client.payloads import PayloadShape, inputs_for
 
@@ -108,23 +107,14 @@ async def sweep(
         request = await build_request(stubs[0], target)
         points = []
         for concurrency in concurrencies:
-            if stream:
-                m = await stream_closed_loop(
-                    stubs,
-                    request,
-                    concurrency=concurrency,
-                    schedule=schedule,
-                    streams=streams,
-                    metadata=target.metadata,
-                )
-            else:
-                m = await closed_loop(
-                    stubs,
-                    request,
-                    concurrency=concurrency,
-                    schedule=schedule,
-                    metadata=target.metadata,
-                )
+            m = await closed_loop(
+                stubs,
+                request,
+                concurrency=concurrency,
+                schedule=schedule,
+                streams=streams,
+                metadata=target.metadata,
+            )
             points.append(point("concurrency", concurrency, m, target.shape.rows))
             print(_row(points[-1]), file=sys.stderr)
     passing = [p for p in points if within_slo(p, slo_p99_ms, max_error_rate)]
