@@ -112,11 +112,16 @@ class BadTenant(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
 
 
 async def test_async_client_raises_when_one_of_its_streams_fails(address: str) -> None:
+    async def late() -> AsyncIterator[dict[str, np.ndarray]]:
+        # After the server has refused the streams: a write racing the refusal can end the call
+        # with grpc.aio's own INTERNAL ("Internal error from Core") instead of the server's status.
+        await asyncio.sleep(0.5)
+        for _ in range(4):
+            yield {"x": np.zeros((1, 3), np.float32)}
+
     async with AsyncClient(address, interceptors=[BadTenant()]) as client:
         with pytest.raises(InferenceError) as caught:
-            async for _ in client.stream_infer(
-                "identity_fp32", [{"x": np.zeros((1, 3), np.float32)}] * 4, streams=2
-            ):
+            async for _ in client.stream_infer("identity_fp32", late(), streams=2):
                 pass
         # The client is still usable: the failed streams were cancelled, not left open.
         assert await client.server_live()
