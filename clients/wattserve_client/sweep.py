@@ -94,15 +94,13 @@ async def sweep(
     slo_p99_ms: float | None = None,
     max_error_rate: float = 0.0,
     *,
-    stream: bool = False,
     connections: int = 1,
     streams: int = 0,
 ) -> dict[str, Any]:
-    """`stream`: keep the requests in flight on ModelStreamInfer streams, not as unary calls:
-    `streams` of them (default one per connection), opened on the connections in turn.
-    `connections`: TCP connections the calls (or streams) take turns on; a server with worker
-    processes needs at least one per worker."""
-    streams = (streams or connections) if stream else 0
+    """`streams` > 0: keep the requests in flight on that many ModelStreamInfer streams, opened
+    on the connections in turn, instead of as unary calls. `connections`: TCP connections the
+    calls (or streams) take turns on; a server with worker processes needs at least one per
+    worker."""
     async with open_stubs(target.address, connections, CHANNEL_OPTIONS) as stubs:
         request = await build_request(stubs[0], target)
         points = []
@@ -121,7 +119,7 @@ async def sweep(
     peak = max(passing, key=lambda p: p["requests_per_s"], default=None)
     return {
         "mode": "closed-loop concurrency sweep"
-        + ((" on one stream" if streams == 1 else f" on {streams} streams") if stream else ""),
+        + ((" on one stream" if streams == 1 else f" on {streams} streams") if streams else ""),
         "target": target.address,
         "model": target.model,
         "rows_per_request": target.shape.rows,
@@ -211,9 +209,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--streams",
         type=int,
         default=0,
-        help="with --stream: how many streams share the requests in flight, opened on the "
-        "connections in turn (default: one per connection). One stream reads its messages one "
-        "at a time; several let the server take many at once (docs/performance.md)",
+        help="how many streams share the requests in flight (implies --stream), opened on the "
+        "connections in turn (default with --stream: one per connection). One stream reads its "
+        "messages one at a time; several let the server take many at once (docs/performance.md)",
     )
     parser.add_argument(
         "--connections",
@@ -228,12 +226,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    streams = args.streams or args.connections
-    floor = streams if args.stream else 1
-    if args.connections < 1 or streams < args.connections or min(concurrencies) < floor:
+    stream = args.stream or args.streams != 0
+    streams = (args.streams or args.connections) if stream else 0
+    floor = max(streams, 1)
+    too_few_streams = stream and streams < args.connections
+    if args.connections < 1 or too_few_streams or min(concurrencies) < floor:
         print(
             f"wattserve sweep: need --connections >= 1, --streams >= --connections and every "
-            f"--concurrency >= {floor}{' (one per stream)' if args.stream else ''}; got "
+            f"--concurrency >= {floor}{' (one per stream)' if stream else ''}; got "
             f"--connections {args.connections}, --streams {streams} and --concurrency "
             f"{args.concurrency}",
             file=sys.stderr,
@@ -246,9 +246,8 @@ def run(args: argparse.Namespace) -> int:
             schedule_of(args),
             args.slo_p99_ms,
             args.max_error_rate,
-            stream=args.stream,
             connections=args.connections,
-            streams=args.streams,
+            streams=streams,
         )
     )
     text = json.dumps(result, indent=2)

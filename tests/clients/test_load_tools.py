@@ -215,7 +215,7 @@ def test_sweep_on_several_streams_names_them_and_refuses_fewer_than_connections(
     out_json = tmp_path / "streams.json"
     done = wattserve(
         "sweep", "--target", address, "--model", "tabular_classifier", "--concurrency", "8",
-        "--stream", "--streams", "4", "--json", str(out_json), *QUICK,
+        "--streams", "4", "--json", str(out_json), *QUICK,  # --streams alone implies --stream
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     result = json.loads(out_json.read_text())
