@@ -101,8 +101,14 @@ def test_a_loop_blocked_on_io_is_not_saturated_and_a_busy_one_is(kind: EventLoop
         verdicts = []
         await asyncio.sleep(2 * WINDOW_S)  # idle: blocked in the selector
         verdicts.append(load.saturated())
-        await keep_busy(2 * WINDOW_S)
-        verdicts.append(load.saturated())
+        # Up to three busy spells: time the VM host steals from the loop's thread reads as idle
+        # (docs/batching.md), and 1 ms of it in a 20 ms spell is enough to fall under 95% busy
+        # (seen once in CI on uvloop). A gauge that never reads busy fails all three.
+        for _ in range(3):
+            await keep_busy(2 * WINDOW_S)
+            if busy := load.saturated():
+                break
+        verdicts.append(busy)
         await asyncio.sleep(2 * WINDOW_S)
         verdicts.append(load.saturated())
         return verdicts
