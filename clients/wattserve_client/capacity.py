@@ -17,6 +17,10 @@ scheduled send time), so queueing shows up in the latencies instead of slowing t
    meter's energy, carbon and cost per million predictions. Any other Open Inference Protocol
    server works too: utilisation from Triton's `nv_*` gauges where present, no cost part.
 
+The load travels as unary calls, or with `--streams N` dealt out over N ModelStreamInfer streams,
+for a deployment whose clients stream; `--connections` spreads it over TCP connections (a server
+with `--workers` balances connections, so use at least one per worker).
+
     wattserve capacity --target 127.0.0.1:8001 --model dense --rows 16 --slo-p99-ms 100 \\
         --metrics-url http://127.0.0.1:8002/metrics --target-predictions-per-s 5000 \\
         --json capacity.json --html capacity.html
@@ -34,21 +38,22 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from wattserve.protocol import pb_grpc
 from wattserve_client._request import CHANNEL_OPTIONS
 from wattserve_client.capacity_html import render_html
-from wattserve_client.loadgen import Schedule, closed_loop, open_loop
+from wattserve_client.loadgen import Schedule, closed_loop, open_loop, open_stubs
 from wattserve_client.sweep import (
     Target,
     add_target_arguments,
+    add_transport_arguments,
     build_request,
     point,
     schedule_of,
+    streams_of,
     target_of,
+    transport_refusal,
     within_slo,
 )
 
@@ -111,17 +116,29 @@ def _passes(p: dict[str, Any], slo_p99_ms: float, max_error_rate: float) -> bool
 
 
 async def search(
-    target: Target, schedule: Schedule, metrics: Metrics, args: argparse.Namespace
+    target: Target,
+    schedule: Schedule,
+    metrics: Metrics,
+    args: argparse.Namespace,
+    *,
+    connections: int = 1,
+    streams: int = 0,
 ) -> dict[str, Any]:
+    """`streams` > 0: the load goes over that many ModelStreamInfer streams, opened on the
+    `connections` in turn; the probe then runs on one stream."""
     rows = target.shape.rows
-    async with grpc.aio.insecure_channel(target.address, options=CHANNEL_OPTIONS) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
-        request = await build_request(stub, target)
+    async with open_stubs(target.address, connections, CHANNEL_OPTIONS) as stubs:
+        request = await build_request(stubs[0], target)
 
         async def step(rate: float, role: str) -> dict[str, Any]:
             before = metrics.scrape(target.model)
             m = await open_loop(
-                stub, request, rate_per_s=rate, schedule=schedule, metadata=target.metadata
+                stubs,
+                request,
+                rate_per_s=rate,
+                schedule=schedule,
+                streams=streams,
+                metadata=target.metadata,
             )
             p = point("offered_per_s", rate, m, rows) | {"role": role}
             p["every_window_within_slo"] = all(
@@ -136,7 +153,12 @@ async def search(
             return p
 
         probe = await closed_loop(
-            stub, request, concurrency=1, schedule=Schedule(0.5, schedule.window_s, 1, 1)
+            stubs[0],
+            request,
+            concurrency=1,
+            schedule=Schedule(0.5, schedule.window_s, 1, 1),
+            streams=min(streams, 1),
+            metadata=target.metadata,
         )
         rate = args.start_rps or max(1.0, probe.requests_per_s)
         steps: list[dict[str, Any]] = []
@@ -170,12 +192,14 @@ async def search(
             operating = await step(passed["requests_per_s"] * (1 - args.headroom), "operating")
             await asyncio.sleep(METER_SETTLE_S)
             operating["_meter"] = (operating["_meter"][0], metrics.scrape(target.model))
-    return _result(target, args, steps, passed, failed, operating)
+    transport = {"connections": connections, "streams": streams}
+    return _result(target, args, transport, steps, passed, failed, operating)
 
 
 def _result(
     target: Target,
     args: argparse.Namespace,
+    transport: dict[str, int],
     steps: list[dict[str, Any]],
     peak: dict[str, Any] | None,
     knee: dict[str, Any] | None,
@@ -189,11 +213,14 @@ def _result(
     cost = _cost_per_million(operating["_meter"]) if operating else None
     for s in steps:
         s.pop("_meter", None)
+    streams = transport["streams"]
     return {
-        "mode": "open-loop capacity search",
+        "mode": "open-loop capacity search"
+        + ((" on one stream" if streams == 1 else f" on {streams} streams") if streams else ""),
         "target": target.address,
         "model": target.model,
         "rows_per_request": rows,
+        **transport,
         "slo": {"p99_ms": args.slo_p99_ms, "max_error_rate": args.max_error_rate},
         "rule": {
             "delivered_fraction": DELIVERED,
@@ -255,6 +282,7 @@ def _row(p: dict[str, Any]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_arguments(parser)
+    add_transport_arguments(parser, "the offered load")
     parser.add_argument("--metrics-url", default=None, help="server's Prometheus endpoint")
     parser.add_argument("--start-rps", type=float, default=None, help="default: serial rate")
     parser.add_argument("--growth", type=float, default=1.5, help="rate factor per ramp step")
@@ -273,9 +301,22 @@ def run(args: argparse.Namespace) -> int:
     if not (0 <= args.headroom < 1 and args.growth > 1):
         print("wattserve capacity: need 0 <= --headroom < 1 and --growth > 1", file=sys.stderr)
         return 2
+    streams = streams_of(args)
+    if (refusal := transport_refusal(args, streams)) is not None:
+        print(f"wattserve capacity: {refusal}", file=sys.stderr)
+        return 2
     started = time.time()
     metrics = Metrics(args.metrics_url)
-    result = asyncio.run(search(target_of(args), schedule_of(args), metrics, args))
+    result = asyncio.run(
+        search(
+            target_of(args),
+            schedule_of(args),
+            metrics,
+            args,
+            connections=args.connections,
+            streams=streams,
+        )
+    )
     result["duration_s"] = time.time() - started
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -14,6 +14,7 @@ Latencies are kept in nanoseconds, so sub-millisecond calls are measured as they
 - **Open loop** (`rate_per_s`): requests leave on a fixed schedule whatever the server does, and
   each latency counts from the scheduled send time, so a server that falls behind shows it in its
   latencies (no coordinated omission). The right tool for "can it sustain N/s within the SLO?".
+  As unary calls, or dealt out in turn over `streams` ModelStreamInfer streams.
 
 Failed calls are counted (with their first messages), not raised: the caller decides what an
 error rate means. Every loop takes one stub or several (`open_stubs`: one TCP connection each);
@@ -311,17 +312,88 @@ async def stream_closed_loop(
     return await _run(calls, senders, stop, schedule, cpu_probes)
 
 
+class _OpenStream:
+    """One ModelStreamInfer stream of an open loop. `submit` queues a request due at a scheduled
+    time; one writer sends them in order (a stream takes one write at a time), and the reader
+    matches each answer to its request by id. A request waiting for its turn to be written is in
+    flight: its latency counts from the scheduled time all the same."""
+
+    def __init__(self, stub: Any, request: Any, calls: _Calls, metadata: Sequence[tuple[str, str]]):
+        self._call = stub.ModelStreamInfer(metadata=tuple(metadata))
+        self._request = request
+        self._calls = calls
+        self._due: asyncio.Queue[int | None] = asyncio.Queue()
+        self._sent: dict[str, tuple[int, Any]] = {}
+        self._free: list[Any] = []
+        """Request copies whose answers are back, to send again (see stream_closed_loop)."""
+        self._numbers = itertools.count()
+        self._failed: str | None = None
+
+    def submit(self, started_ns: int | None) -> None:
+        """Send a request due at `started_ns`; None: nothing more will be submitted."""
+        self._due.put_nowait(started_ns)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._write())
+            group.create_task(self._read())
+
+    async def _write(self) -> None:
+        while (started_ns := await self._due.get()) is not None:
+            if self._failed is not None:
+                self._answered(started_ns, self._failed)
+                continue
+            if self._free:
+                message = self._free.pop()
+            else:
+                message = type(self._request)()
+                message.CopyFrom(self._request)
+            message.id = str(next(self._numbers))
+            self._sent[message.id] = (started_ns, message)
+            try:
+                await self._call.write(message)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):  # the call has ended
+                code, details = await self._call.code(), await self._call.details()
+                self._failed = self._failed or f"{code.name}: {details}"
+                if self._sent.pop(message.id, None) is not None:  # else the reader answered it
+                    self._answered(started_ns, self._failed)
+        if self._failed is None:
+            await self._call.done_writing()
+
+    async def _read(self) -> None:
+        failure = "client: the server ended the stream before answering"
+        try:
+            async for response in self._call:
+                started_ns, message = self._sent.pop(response.infer_response.id)
+                self._free.append(message)
+                self._answered(started_ns, response.error_message or None)
+        except grpc.aio.AioRpcError as exc:
+            failure = f"{exc.code().name}: {exc.details()}"
+        # The stream is over: what was in flight is lost, and what comes later fails at once.
+        self._failed = self._failed or failure
+        for started_ns, _ in self._sent.values():
+            self._answered(started_ns, self._failed)
+        self._sent.clear()
+
+    def _answered(self, started_ns: int, error: str | None) -> None:
+        self._calls.in_flight -= 1
+        self._calls.record(started_ns, error)
+
+
 async def open_loop(
     stub: Any,
     request: Any,
     *,
     rate_per_s: float,
     schedule: Schedule,
+    streams: int = 0,
     max_in_flight: int = 10_000,
     metadata: Sequence[tuple[str, str]] = (),
     cpu_probes: Sequence[CpuProbe] = (),
 ) -> Measurement:
-    """Send `rate_per_s` requests per second on a fixed schedule until the windows are stable.
+    """Send `rate_per_s` requests per second on a fixed schedule until the windows are stable: as
+    unary calls, or with `streams` > 0 dealt out in turn over that many ModelStreamInfer streams,
+    opened on the stubs in turn.
 
     Past `max_in_flight` outstanding calls the schedule still advances but nothing is sent: those
     requests count as errors ("client: more than N in flight"), since the server clearly cannot
@@ -329,11 +401,26 @@ async def open_loop(
     """
     if rate_per_s <= 0:
         raise ValueError(f"rate_per_s must be > 0, got {rate_per_s}")
-    calls = _Calls(stub, request, metadata)
+    stubs = _as_list(stub)
+    if streams < 0 or 0 < streams < len(stubs):
+        raise ValueError(f"need at least one stream per connection ({len(stubs)}), got {streams}")
+    calls = _Calls(stubs, request, metadata)
+    lanes = [_OpenStream(stubs[i % len(stubs)], request, calls, metadata) for i in range(streams)]
+    lane = itertools.cycle(lanes)
     stop = asyncio.Event()
     interval_ns = 1e9 / rate_per_s
     pending: set[asyncio.Task[None]] = set()
     overflow = f"client: more than {max_in_flight} in flight"
+
+    def send(scheduled: int) -> None:
+        if not lanes:
+            task = asyncio.create_task(calls.send(scheduled))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            return
+        calls.in_flight += 1
+        calls.in_flight_max = max(calls.in_flight_max, calls.in_flight)
+        next(lane).submit(scheduled)
 
     async def dispatcher() -> None:
         start_ns, sent = time.perf_counter_ns(), 0
@@ -348,16 +435,17 @@ async def open_loop(
                     calls.latency_ns.append(now - scheduled)
                     calls.ok.append(False)
                     continue
-                task = asyncio.create_task(calls.send(scheduled))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
+                send(scheduled)
             sent = due
             next_ns = start_ns + due * interval_ns
             await asyncio.sleep(max(0.0, (next_ns - time.perf_counter_ns()) / 1e9))
+        for each in lanes:
+            each.submit(None)
         if pending:
             await asyncio.gather(*pending)
 
-    return await _run(calls, [dispatcher], stop, schedule, cpu_probes)
+    senders = [dispatcher, *(each.run for each in lanes)]
+    return await _run(calls, senders, stop, schedule, cpu_probes)
 
 
 async def _run(

@@ -200,6 +200,13 @@ def schedule_of(args: argparse.Namespace) -> Schedule:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_arguments(parser)
     parser.add_argument("--concurrency", default="1,2,4,8,16,32", help="comma-separated")
+    add_transport_arguments(parser, "the requests in flight")
+    parser.add_argument("--json", type=Path, default=None, help="write the result as JSON")
+    parser.add_argument("--csv", type=Path, default=None, help="write one row per concurrency")
+
+
+def add_transport_arguments(parser: argparse.ArgumentParser, load: str) -> None:
+    """How the load travels: unary calls or streams, over how many TCP connections."""
     parser.add_argument(
         "--stream",
         action="store_true",
@@ -209,9 +216,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--streams",
         type=int,
         default=0,
-        help="how many streams share the requests in flight (implies --stream), opened on the "
-        "connections in turn (default with --stream: one per connection). One stream reads its "
-        "messages one at a time; several let the server take many at once (docs/performance.md)",
+        help=f"how many streams share {load} (implies --stream), opened on the connections in "
+        "turn (default with --stream: one per connection). One stream reads its messages one at "
+        "a time; several let the server take many at once (docs/performance.md)",
     )
     parser.add_argument(
         "--connections",
@@ -220,24 +227,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="TCP connections to spread the calls over (a server's --workers balances "
         "connections, not calls: use at least one per worker)",
     )
-    parser.add_argument("--json", type=Path, default=None, help="write the result as JSON")
-    parser.add_argument("--csv", type=Path, default=None, help="write one row per concurrency")
+
+
+def streams_of(args: argparse.Namespace) -> int:
+    """The streams in effect: 0 for unary calls; with --stream alone, one per connection."""
+    stream = args.stream or args.streams != 0
+    return (args.streams or args.connections) if stream else 0
+
+
+def transport_refusal(args: argparse.Namespace, streams: int) -> str | None:
+    """What is wrong with --connections and --streams, or None."""
+    if args.connections >= 1 and (streams == 0 or streams >= args.connections):
+        return None
+    return (
+        f"need --connections >= 1 and --streams >= --connections; got --connections "
+        f"{args.connections} and --streams {streams}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    stream = args.stream or args.streams != 0
-    streams = (args.streams or args.connections) if stream else 0
+    streams = streams_of(args)
     floor = max(streams, 1)
-    too_few_streams = stream and streams < args.connections
-    if args.connections < 1 or too_few_streams or min(concurrencies) < floor:
-        print(
-            f"wattserve sweep: need --connections >= 1, --streams >= --connections and every "
-            f"--concurrency >= {floor}{' (one per stream)' if stream else ''}; got "
-            f"--connections {args.connections}, --streams {streams} and --concurrency "
-            f"{args.concurrency}",
-            file=sys.stderr,
+    refusal = transport_refusal(args, streams)
+    if refusal is None and min(concurrencies) < floor:
+        refusal = (
+            f"need every --concurrency >= {floor}{' (one per stream)' if streams else ''}; "
+            f"got --concurrency {args.concurrency} with --streams {streams}"
         )
+    if refusal is not None:
+        print(f"wattserve sweep: {refusal}", file=sys.stderr)
         return 2
     result = asyncio.run(
         sweep(

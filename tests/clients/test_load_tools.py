@@ -18,7 +18,7 @@ from tests.support import CountingStreams, run_server, screenshot
 from wattserve.protocol import pb, pb_grpc
 from wattserve_client import Client
 from wattserve_client._request import infer_request
-from wattserve_client.loadgen import Schedule, stream_closed_loop
+from wattserve_client.loadgen import Schedule, open_loop, stream_closed_loop
 from wattserve_client.payloads import PayloadShape, inputs_for
 
 QUICK = ["--warmup-s", "0.3", "--window-s", "0.5", "--max-windows", "6", "--stability", "0.5"]
@@ -228,4 +228,76 @@ def test_sweep_on_several_streams_names_them_and_refuses_fewer_than_connections(
     )  # fmt: skip
     assert refused.returncode == 2
     assert "--streams >= --connections" in refused.stderr
-    assert "got --connections 3, --streams 2" in refused.stderr
+    assert "got --connections 3 and --streams 2" in refused.stderr
+
+
+def test_capacity_on_several_streams_over_connections_names_them_in_its_report(
+    address: str, tmp_path: Path
+) -> None:
+    code, output, result = capacity(
+        address, tmp_path, "--slo-p99-ms", "2000", "--streams", "4", "--connections", "2"
+    )
+    assert code == 0, output
+    assert result["mode"] == "open-loop capacity search on 4 streams"
+    assert result["streams"] == 4 and result["connections"] == 2
+    assert result["peak"]["passed"]
+    for step in result["steps"]:
+        assert step["requests"] > 0
+        assert step["errors"] == 0 or not step["passed"], step["errors_seen"]
+    refused = wattserve(
+        "capacity", "--target", address, "--model", "tabular_classifier", "--slo-p99-ms", "10",
+        "--streams", "1", "--connections", "2",
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "wattserve capacity: need --connections >= 1 and --streams >= --connections" in (
+        refused.stderr
+    )
+
+
+async def test_an_open_loop_over_streams_deals_its_requests_out_and_counts_bad_answers(
+    address: str,
+) -> None:
+    counters = [CountingStreams(), CountingStreams()]
+    channels = [grpc.aio.insecure_channel(address, interceptors=[c]) for c in counters]
+    stubs = [pb_grpc.GRPCInferenceServiceStub(channel) for channel in channels]
+    good = infer_request("tabular_classifier", {"features": np.ones((1, 30), np.float32)})
+    bad = infer_request("tabular_classifier", {"features": np.ones((1, 29), np.float32)})
+    schedule = Schedule(0.2, 0.5, 2, 2, -1.0)
+    rate = 200.0
+    try:
+        m = await open_loop(stubs, good, rate_per_s=rate, schedule=schedule, streams=4)
+        failing = await open_loop(stubs, bad, rate_per_s=rate, schedule=schedule, streams=4)
+        with pytest.raises(ValueError, match=r"at least one stream per connection \(2\), got 1"):
+            await open_loop(stubs, good, rate_per_s=rate, schedule=schedule, streams=1)
+    finally:
+        for channel in channels:
+            await channel.close()
+    assert [len(c.sent) for c in counters] == [4, 4]  # 2 runs x 4 streams, dealt over 2
+    assert m.errors == 0 and m.error_messages == {}
+    # Each answer is matched to its request by id (an unknown id would raise): the loop sent on
+    # schedule, never ahead of it, and the server kept up with 200/s.
+    assert 0.5 * rate <= m.requests_per_s <= 1.1 * rate, m.requests_per_s
+    assert failing.requests == 0 and failing.errors > 0
+    [(message, count)] = failing.error_messages.items()
+    assert count >= failing.errors  # one message for all (the warm-up's failures count too)
+    assert "tabular_classifier" in message and "features" in message, message
+
+
+async def test_an_open_loop_on_refused_streams_counts_every_request_as_failed_and_ends(
+    address: str,
+) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        request = infer_request("tabular_classifier", {"features": np.ones((1, 30), np.float32)})
+        m = await open_loop(
+            stub,
+            request,
+            rate_per_s=100.0,
+            schedule=Schedule(0.2, 0.5, 2, 2, -1.0),
+            streams=2,
+            metadata=(("x-wattserve-tenant", "no way!"),),
+        )
+    assert m.requests == 0 and m.errors > 0
+    assert len(m.error_messages) == 1, m.error_messages
+    [message] = m.error_messages
+    assert message.startswith("INVALID_ARGUMENT") and "x-wattserve-tenant" in message, message
