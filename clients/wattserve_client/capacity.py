@@ -43,12 +43,20 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from wattserve_client._request import CHANNEL_OPTIONS
 from wattserve_client.capacity_html import render_html
-from wattserve_client.loadgen import Schedule, closed_loop, open_loop, open_stubs
+from wattserve_client.loadgen import (
+    Schedule,
+    closed_loop,
+    load_generator_cpu,
+    open_loop,
+    open_stubs,
+)
 from wattserve_client.sweep import (
     Target,
     add_target_arguments,
     add_transport_arguments,
     build_request,
+    busy_note,
+    load_generator_limit,
     point,
     schedule_of,
     streams_of,
@@ -139,6 +147,7 @@ async def search(
                 schedule=schedule,
                 streams=streams,
                 metadata=target.metadata,
+                cpu_probes=[load_generator_cpu],
             )
             p = point("offered_per_s", rate, m, rows) | {"role": role}
             p["every_window_within_slo"] = all(
@@ -234,6 +243,7 @@ def _result(
         "peak": peak,
         "knee": knee,
         "found_knee": knee is not None,
+        "knee_load_generator_busy": knee is not None and knee["load_generator_busy"],
         "recommended": {
             "operating_point": operating,
             "predictions_per_s_per_replica": per_replica,
@@ -276,7 +286,7 @@ def _row(p: dict[str, Any]) -> str:
     return (
         f"{p['role']:>9} offered {p['offered_per_s']:9.1f}/s  got {p['requests_per_s']:9.1f} "
         f"req/s  p50 {latency['p50']:8.2f} ms  p99 {latency['p99']:8.2f} ms  "
-        f"errors {p['errors']:>4}  {'pass' if p['passed'] else 'FAIL'}"
+        f"errors {p['errors']:>4}  {'pass' if p['passed'] else 'FAIL'}" + busy_note(p)
     )
 
 
@@ -323,8 +333,9 @@ def run(args: argparse.Namespace) -> int:
     if args.html:
         args.html.write_text(render_html(result))
     peak = result["peak"]
+    warning = load_generator_limit("at the knee") if result["knee_load_generator_busy"] else ""
     if peak is None:
-        print(f"no rate met p99 <= {args.slo_p99_ms} ms")
+        print(f"no rate met p99 <= {args.slo_p99_ms} ms{warning}")
         return 1
     recommended = result["recommended"]
     print(
@@ -333,5 +344,6 @@ def run(args: argparse.Namespace) -> int:
         f"per replica at {args.headroom:.0%} headroom: "
         f"{recommended['predictions_per_s_per_replica']:.1f}/s"
         + (f"; replicas for target: {recommended['replicas']}" if recommended["replicas"] else "")
+        + warning
     )
     return 0

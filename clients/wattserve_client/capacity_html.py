@@ -41,9 +41,21 @@ def render_html(result: dict[str, Any]) -> str:
         f"{result['rule']['stability']:.0%}; it passes when stable, within the SLO, error rate "
         f"≤ {result['slo']['max_error_rate']:g}, and delivering ≥ "
         f"{result['rule']['delivered_fraction']:.0%} of the offered rate.</p>"
-        f"{headline}{_recommendation(recommended, result['rule']['headroom'])}"
+        f"{headline}{_load_generator_warning(result)}"
+        f"{_recommendation(recommended, result['rule']['headroom'])}"
         f"<figure><figcaption>Latency against delivered throughput</figcaption>"
         f"{_chart(result)}</figure>{_table(result['steps'])}</body></html>\n"
+    )
+
+
+def _load_generator_warning(result: dict[str, Any]) -> str:
+    if not result.get("knee_load_generator_busy"):
+        return ""
+    cores = result["knee"]["load_generator_cpu_cores"]
+    return (
+        f"<p class='fail'>The load generator used {cores:.2f} cores at the first failing rate: "
+        "the failure may be its own, not the server's, and the server may do more. Give the "
+        "load generator more CPU (its own cores, another machine) and measure again.</p>"
     )
 
 
@@ -146,12 +158,14 @@ def _table(steps: list[dict[str, Any]]) -> str:
     rows = [
         "<table><tr><th>step</th><th>offered req/s</th><th>delivered req/s</th>"
         "<th>predictions/s</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th><th>errors</th>"
-        "<th>CPU (process)</th><th>GPU</th><th>result</th></tr>"
+        "<th>server CPU</th><th>GPU</th><th>load generator cores</th><th>result</th></tr>"
     ]
     for s in steps:
         util = s.get("utilization", {})
         cpu = util.get("process_cpu_utilization", util.get("machine_cpu_utilization"))
         gpu = util.get("gpu_utilization")
+        cores = s.get("load_generator_cpu_cores")
+        busy = " class='fail'" if s.get("load_generator_busy") else ""
         latency = s["latency_ms"]
         rows.append(
             f"<tr><td>{escape(s['role'])}</td><td>{s['offered_per_s']:,.1f}</td>"
@@ -160,6 +174,7 @@ def _table(steps: list[dict[str, Any]]) -> str:
             f"<td>{latency['p99']:.2f}</td><td>{s['errors']}</td>"
             f"<td>{'' if cpu is None else f'{cpu:.0%}'}</td>"
             f"<td>{'absent' if gpu is None else f'{gpu:.0%}'}</td>"
+            f"<td{busy}>{'' if cores is None else f'{cores:.2f}'}</td>"
             f"<td class='{'' if s['passed'] else 'fail'}'>{'pass' if s['passed'] else 'fail'}</td>"
             "</tr>"
         )

@@ -46,6 +46,15 @@ INF = float("inf")
 
 CpuProbe = Callable[[], Mapping[str, float]]
 """CPU seconds consumed so far, per label; read at the window edges."""
+LOAD_GENERATOR = "load_generator"
+BUSY_CORES = 0.9
+"""A load generator using this much CPU (in cores) may be what limits a run, not the server: its
+sends and its latency readings lag (Locust warns at the same 90%)."""
+
+
+def load_generator_cpu() -> dict[str, float]:
+    """A CpuProbe of this process's own CPU: all its threads, gRPC's included."""
+    return {LOAD_GENERATOR: time.process_time()}
 
 
 @dataclass(frozen=True, slots=True)

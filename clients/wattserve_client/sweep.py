@@ -23,9 +23,12 @@ from wattserve.grpc.tenants import TENANT_HEADER
 from wattserve.protocol import pb
 from wattserve_client._request import CHANNEL_OPTIONS, infer_request
 from wattserve_client.loadgen import (
+    BUSY_CORES,
+    LOAD_GENERATOR,
     Measurement,
     Schedule,
     closed_loop,
+    load_generator_cpu,
     open_stubs,
 )
 from wattserve_client.payloads import PayloadShape, inputs_for
@@ -62,7 +65,9 @@ async def build_request(stub: Any, target: Target) -> Any:
 
 
 def point(label: str, value: float, m: Measurement, rows: int) -> dict[str, Any]:
-    """One step of a sweep or a search as JSON: throughput, latency percentiles, errors."""
+    """One step of a sweep or a search as JSON: throughput, latency percentiles, errors, and the
+    load generator's own CPU where it was probed (`load_generator_cpu`)."""
+    cores = m.cpu_cores(LOAD_GENERATOR)
     return {
         label: value,
         "requests_per_s": m.requests_per_s,
@@ -76,7 +81,24 @@ def point(label: str, value: float, m: Measurement, rows: int) -> dict[str, Any]
         "errors_seen": m.error_messages,
         "stable": m.stable,
         "windows": m.windows_run,
+        "load_generator_cpu_cores": cores,
+        "load_generator_busy": cores is not None and cores >= BUSY_CORES,
     }
+
+
+def load_generator_limit(where: str) -> str:
+    """The summary's warning that the load generator was busy `where` it mattered."""
+    return (
+        f"; the load generator was busy {where}, so the server may do more: give the load "
+        "generator more CPU (its own cores, another machine) and measure again"
+    )
+
+
+def busy_note(p: dict[str, Any]) -> str:
+    """A row's warning that the load generator, not the server, may have set its figures."""
+    if not p["load_generator_busy"]:
+        return ""
+    return f"  (load generator busy: {p['load_generator_cpu_cores']:.2f} cores)"
 
 
 def within_slo(p: dict[str, Any], slo_p99_ms: float | None, max_error_rate: float) -> bool:
@@ -112,6 +134,7 @@ async def sweep(
                 schedule=schedule,
                 streams=streams,
                 metadata=target.metadata,
+                cpu_probes=[load_generator_cpu],
             )
             points.append(point("concurrency", concurrency, m, target.shape.rows))
             print(_row(points[-1]), file=sys.stderr)
@@ -144,6 +167,7 @@ def _row(p: dict[str, Any]) -> str:
         f"{p['predictions_per_s']:10.1f} pred/s  p50 {latency['p50']:8.3f} ms  "
         f"p99 {latency['p99']:8.3f} ms  errors {p['errors']}"
         + ("" if p["stable"] else "  (not stable)")
+        + busy_note(p)
     )
 
 
@@ -152,12 +176,14 @@ def write_csv(path: Path, points: list[dict[str, Any]], label: str) -> None:
         writer = csv.writer(file)
         header = [label, "requests_per_s", "predictions_per_s"]
         header += [f"p{q}_ms" for q in PERCENTILES] + ["errors", "error_rate", "stable"]
-        writer.writerow(header)
+        writer.writerow([*header, "load_generator_cpu_cores"])
         for p in points:
+            cores = p["load_generator_cpu_cores"]
             writer.writerow(
                 [p[label], f"{p['requests_per_s']:.3f}", f"{p['predictions_per_s']:.3f}"]
                 + [f"{p['latency_ms'][f'p{q}']:.4f}" for q in PERCENTILES]
                 + [p["errors"], f"{p['error_rate']:.6f}", p["stable"]]
+                + ["" if cores is None else f"{cores:.3f}"]
             )
 
 
@@ -277,6 +303,7 @@ def run(args: argparse.Namespace) -> int:
     peak = result["peak_within_slo"]
     print(
         f"peak within SLO: {peak['requests_per_s']:.1f} req/s at concurrency {peak['concurrency']}"
+        + (load_generator_limit("at that concurrency") if peak["load_generator_busy"] else "")
         if peak
         else "no concurrency met the SLO"
     )

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import json
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +19,13 @@ import pytest
 from PIL import Image
 
 from tests.support import CountingStreams, run_server, screenshot
+from wattserve.cli import main as wattserve_main
 from wattserve.protocol import pb, pb_grpc
 from wattserve_client import Client
 from wattserve_client._request import infer_request
 from wattserve_client.loadgen import Schedule, open_loop, stream_closed_loop
 from wattserve_client.payloads import PayloadShape, inputs_for
+from wattserve_client.sweep import Target, sweep
 
 QUICK = ["--warmup-s", "0.3", "--window-s", "0.5", "--max-windows", "6", "--stability", "0.5"]
 
@@ -74,6 +80,44 @@ def test_sweep_writes_json_and_csv_with_one_row_per_concurrency(
     assert float(rows[1]["requests_per_s"]) == pytest.approx(
         result["points"][1]["requests_per_s"], rel=1e-3
     )
+    for p, row in zip(result["points"], rows, strict=True):  # the sweep's own CPU, per point
+        cores = p["load_generator_cpu_cores"]
+        assert cores > 0 and p["load_generator_busy"] == (cores >= 0.9)
+        assert float(row["load_generator_cpu_cores"]) == pytest.approx(cores, abs=1e-3)
+
+
+@contextlib.contextmanager
+def busy_threads() -> Iterator[None]:
+    """Two threads hashing without the GIL, keeping this process at about two cores: whatever
+    the server could do, a load generator in this process is the suspect."""
+    stop = threading.Event()
+
+    def burn() -> None:
+        block = bytes(1 << 22)
+        while not stop.is_set():
+            hashlib.sha256(block).digest()  # releases the GIL for the whole block
+
+    burners = [threading.Thread(target=burn) for _ in range(2)]
+    for thread in burners:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in burners:
+            thread.join()
+
+
+async def test_a_sweep_sharing_its_process_with_busy_threads_says_its_figures_may_be_its_own(
+    address: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with busy_threads():
+        result = await sweep(
+            Target(address, "tabular_classifier"), [4], Schedule(0.3, 0.5, 2, 2, -1.0)
+        )
+    [p] = result["points"]
+    assert p["load_generator_busy"] and p["load_generator_cpu_cores"] >= 0.9, p
+    assert "(load generator busy: " in capsys.readouterr().err
 
 
 def counts(address: str, model: str) -> np.ndarray:
@@ -301,3 +345,20 @@ async def test_an_open_loop_on_refused_streams_counts_every_request_as_failed_an
     assert len(m.error_messages) == 1, m.error_messages
     [message] = m.error_messages
     assert message.startswith("INVALID_ARGUMENT") and "x-wattserve-tenant" in message, message
+
+
+def test_a_capacity_search_whose_load_generator_was_busy_at_the_knee_warns_in_text_and_page(
+    address: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    html = tmp_path / "capacity.html"
+    with busy_threads():
+        code = wattserve_main(
+            ["capacity", "--target", address, "--model", "tabular_classifier",
+             "--slo-p99-ms", "0.001", "--max-steps", "1", "--html", str(html), *QUICK]
+        )  # fmt: skip
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "no rate met p99 <= 0.001 ms; the load generator was busy at the knee" in out
+    page = html.read_text()
+    assert "<th>load generator cores</th>" in page
+    assert "The load generator used " in page and "at the first failing rate" in page
