@@ -24,6 +24,7 @@ WORKERS_READY_LINE = re.compile(
     r"wattserve ready: \d+ worker processes serving on (?P<address>\S+:\d+)"
 )
 """With --workers, every worker logs READY_LINE first: the server is ready at the parent's line."""
+METRICS_LINE = re.compile(r"Prometheus metrics on (?P<url>http://\S+)")
 READY_TIMEOUT_S = 120.0
 # Above the server's default 10 s grace period, so a slow drain is not mistaken for a hang.
 STOP_TIMEOUT_S = 15.0
@@ -154,6 +155,8 @@ class ServerProcess:
     process: asyncio.subprocess.Process
     address: str
     """host:port from the ready line."""
+    metrics_url: str | None = None
+    """The Prometheus endpoint the server logged before it was ready, if it logged one."""
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds so far, labelled `server` (total) and `server:<thread group>`."""
@@ -228,7 +231,8 @@ async def serving(
             raise RuntimeError(f"the server did not become ready ({exc!r}):\n{log}") from exc
         # Keep reading: a full stderr pipe would block the server's logging.
         reader = asyncio.create_task(_read_lines(process.stderr, tail))
-        yield ServerProcess(process, address)
+        metrics = [m["url"] for line in tail if (m := METRICS_LINE.search(line))]
+        yield ServerProcess(process, address, metrics[0] if metrics else None)
     finally:
         await _stop(process)
         if reader is not None:

@@ -1,12 +1,13 @@
 """The benches still run end to end: short runs of `bench/perf.py`, `bench/ab.py`,
-`bench/run_place.py`, `bench/request_path.py` and `bench/instructions.py`.
+`bench/run_place.py`, `bench/capacity_streams.py`, `bench/request_path.py` and
+`bench/instructions.py`.
 
 Figures are not judged here (speed is measured by the benches, never asserted in tests); what is
 checked is that every part a user reads comes out: for perf.py, each served point without errors,
 the ONNX Runtime ceiling, and each paired target with one ratio per round and a verdict; for
 ab.py, both sides of every round and the median, with a reference server as a side too; for
-run_place.py, every figure of both sides; for request_path.py, the three handlers' figures; for
-instructions.py, a count for every step.
+run_place.py, every figure of both sides; for capacity_streams.py, both searches and both ratios;
+for request_path.py, the three handlers' figures; for instructions.py, a count for every step.
 """
 
 from __future__ import annotations
@@ -128,6 +129,22 @@ def test_run_place_measures_both_models_on_both_sides() -> None:
         assert len(figures) == 5 and all(f > 0 for f in figures), row
     for figure in ("dense p50 ms", "tabular req/s", "tabular p50 ms", "tabular p99 ms"):
         assert f"- {figure}: A " in run.stdout, run.stdout
+
+
+def test_capacity_streams_runs_both_searches_and_reports_their_ratios() -> None:
+    run = bench(
+        "capacity_streams.py",
+        *("--rounds", "1", "--streams", "2", "--warmup-s", "0.3", "--window-s", "0.5"),
+        *("--slo-p99-ms", "2000", "--max-steps", "2"),
+    )
+    rows = [line.split(" | ") for line in run.stdout.splitlines() if line.startswith("| round")]
+    assert [row[0] for row in rows] == ["| round 1, unary", "| round 1, 2 streams"], run.stdout
+    for row in rows:
+        peak, p99, replicas, energy = (float(cell.replace(",", "")) for cell in row[1:5])
+        assert peak > 0 and p99 > 0 and replicas >= 1 and energy > 0, row
+    for what in ("peak req/s", "energy per million predictions"):
+        [line] = [x for x in run.stdout.splitlines() if x.startswith(f"streams ÷ unary, {what}")]
+        assert float(line.split("median ")[1].split()[0]) > 0, line
 
 
 def test_request_path_compares_the_servicer_with_echo_and_minimal_in_process() -> None:
