@@ -1,4 +1,5 @@
-"""gRPC under Locust: gevent-friendly channels, and one interceptor that reports every call.
+"""gRPC under Locust: gevent-friendly channels, an interceptor that reports every unary call, and
+ModelStreamInfer streams that report every message.
 
 grpcio's sync API blocks in C; `init_gevent()` makes it yield to gevent instead, so one Locust
 process can run many users. It must run before any channel exists, and channels must not be made
@@ -6,11 +7,14 @@ at import time (`--processes` forks after importing the locustfile).
 
 Every call goes through `Reporter`: it fires Locust's `request` event (Locust's own statistics,
 CSV and HTML) and adds the exact time to a `latency.Latencies` (nanoseconds; Locust rounds
-everything under 100 ms to whole milliseconds, useless for sub-millisecond calls).
+everything under 100 ms to whole milliseconds, useless for sub-millisecond calls). A streamed
+message is reported the same way, from its send to its answer, as `ModelStreamInfer/<model>`.
 """
 
 from __future__ import annotations
 
+import itertools
+import queue
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,7 +48,10 @@ class Reporter(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
             length = call.result().ByteSize()
         except grpc.RpcError as exc:
             exception = exc
-        elapsed_ns = time.perf_counter_ns() - started
+        self.report(name, time.perf_counter_ns() - started, length, exception)
+        return call
+
+    def report(self, name: str, elapsed_ns: int, length: int, exception: Exception | None) -> None:
         self._latencies.add(name, elapsed_ns, ok=exception is None)
         self._fire(
             request_type="grpc",
@@ -54,7 +61,61 @@ class Reporter(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
             exception=exception,
             context={},
         )
-        return call
+
+
+class StreamedError(Exception):
+    """A streamed request the server answered with an error message (the stream goes on)."""
+
+
+class Stream:
+    """One ModelStreamInfer stream of a Locust user, opened with its metadata (the tenant): each
+    `infer` sends one request on it and waits for that request's answer, a closed loop like the
+    unary user's. The sync API reads requests from an iterator, fed here through a queue (gevent's,
+    once Locust has patched the standard library). A stream that fails is reported for the request
+    in flight and closed; the next `infer` opens a new one."""
+
+    def __init__(self, stub: Any, metadata: tuple[tuple[str, str], ...], reporter: Reporter):
+        self._stub = stub
+        self._metadata = metadata
+        self._reporter = reporter
+        self._outbox: queue.SimpleQueue[Any] | None = None
+        self._answers: Any = None
+        self._numbers = itertools.count()
+
+    def infer(self, request: Any) -> None:
+        if self._outbox is None:
+            self._outbox = queue.SimpleQueue()
+            self._answers = self._stub.ModelStreamInfer(
+                iter(self._outbox.get, None), metadata=self._metadata
+            )
+        request.id = str(next(self._numbers))
+        name = f"ModelStreamInfer/{request.model_name}"
+        started = time.perf_counter_ns()
+        self._outbox.put(request)
+        exception: Exception | None = None
+        length = 0
+        try:
+            answer = next(self._answers)
+            length = answer.ByteSize()
+            if answer.error_message:
+                exception = StreamedError(answer.error_message)
+            elif answer.infer_response.id != request.id:
+                exception = StreamedError(
+                    f"answer for id {answer.infer_response.id!r}, expected {request.id!r}"
+                )
+        except grpc.RpcError as exc:
+            exception = exc
+            self.close()
+        except StopIteration:
+            exception = StreamedError("the server ended the stream")
+            self.close()
+        self._reporter.report(name, time.perf_counter_ns() - started, length, exception)
+
+    def close(self) -> None:
+        if self._outbox is not None:
+            self._outbox.put(None)  # ends the request iterator: the stream half-closes
+            self._answers.cancel()
+            self._outbox = self._answers = None
 
 
 def channels(address: str, reporter: Reporter) -> tuple[grpc.Channel, grpc.Channel]:

@@ -5,7 +5,9 @@
         --csv results/smoke --html results/smoke.html --summary-json results/smoke.json
 
 Each user is a closed loop (`--think-time-ms`, default 0, between calls): it picks a model and a
-tenant by the weights of `--models` and `--tenants` and sends one ModelInfer. Payloads come from
+tenant by the weights of `--models` and `--tenants` and sends one ModelInfer. With `--stream` it
+sends on a ModelStreamInfer stream instead (one per tenant, opened on first use and kept, since a
+stream carries its tenant in its headers), one request in flight at a time. Payloads come from
 each model's ModelMetadata (`wattserve_client.payloads`): seeded (`--seed`), valid for every
 datatype, `--rows` per request, `--sequence-length` for variable dimensions. The load's shape
 (how many users when) comes from a module of `loadtests/shapes/` given after the locustfile;
@@ -58,6 +60,11 @@ def _(parser: Any) -> None:
     group.add_argument(
         "--think-time-ms", type=float, default=0.0, help="Pause after each call (0: closed loop)"
     )
+    group.add_argument(
+        "--stream",
+        action="store_true",
+        help="Send on ModelStreamInfer streams (one per user and tenant) instead of unary calls",
+    )
 
 
 def weighted(spec: str) -> dict[str, float]:
@@ -104,17 +111,27 @@ class WattserveUser(User):
         self.tenants = self.tenants or [()]
         self.tenant_weights = list(tenants.values()) or [1.0]
         self.stub = pb_grpc.GRPCInferenceServiceStub(reported)
+        self.streams = (
+            [grpc_calls.Stream(stub, tenant, reporter) for tenant in self.tenants]
+            if options.stream
+            else []
+        )
 
     def on_stop(self) -> None:
+        for stream in self.streams:
+            stream.close()
         if self.channel is not None:
             self.channel.close()
 
     @task
     def infer(self) -> None:
         request = self.rng.choices(self.requests, self.model_weights)[0]
-        metadata = self.rng.choices(self.tenants, self.tenant_weights)[0]
+        tenant = self.rng.choices(range(len(self.tenants)), self.tenant_weights)[0]
+        if self.streams:
+            self.streams[tenant].infer(request)  # reports its own failures; carry on
+            return
         with contextlib.suppress(grpc.RpcError):  # reported by the interceptor; carry on
-            self.stub.ModelInfer(request, timeout=30, metadata=metadata)
+            self.stub.ModelInfer(request, timeout=30, metadata=self.tenants[tenant])
 
 
 def _ready_models(stub: Any) -> list[str]:

@@ -62,15 +62,18 @@ def test_fine_latencies_resolve_sub_millisecond_percentiles_and_merge() -> None:
     assert master.percentile_ms("other", 50) is None
 
 
+@pytest.mark.parametrize("method", ["ModelInfer", "ModelStreamInfer"])
 def test_smoke_suite_passes_and_the_server_saw_its_mix_of_models_and_tenants(
-    demo_repository: Path, tmp_path: Path
+    demo_repository: Path, tmp_path: Path, method: str
 ) -> None:
     ledger = tmp_path / "ledger.sqlite"
+    stream = ["--stream"] if method == "ModelStreamInfer" else []
     with run_server("--demo-dir", str(demo_repository), "--ledger-path", str(ledger)) as server:
         code, output, summary = locust(
             server.address, tmp_path, "--smoke-s", "12", "--smoke-users", "4",
             "--models", "tabular_classifier:3,dense:1", "--tenants", "acme:3,globex:1",
             "--slo-p99-ms", "2000", "--min-rps", "5", "--csv", "run", "--html", "run.html",
+            *stream,
         )  # fmt: skip
         with grpc.insecure_channel(server.address) as channel:
             stats = pb_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
@@ -80,18 +83,18 @@ def test_smoke_suite_passes_and_the_server_saw_its_mix_of_models_and_tenants(
     assert summary["passed"] and not summary["distributed"]
     assert "wattserve gates: PASS" in output
     calls = summary["calls"]
-    assert set(calls) == {"ModelInfer/tabular_classifier", "ModelInfer/dense", "Aggregated"}
+    assert set(calls) == {f"{method}/tabular_classifier", f"{method}/dense", "Aggregated"}
     for row in calls.values():
         assert row["failures"] == 0 and row["successes_timed"] == row["requests"] > 0
         assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] < 2000
-    tabular, dense = calls["ModelInfer/tabular_classifier"], calls["ModelInfer/dense"]
+    tabular, dense = calls[f"{method}/tabular_classifier"], calls[f"{method}/dense"]
     assert 0.70 < tabular["requests"] / (tabular["requests"] + dense["requests"]) < 0.80
 
     # The server ran every call Locust counted, and at most one more per user that was cut off
     # when the run stopped.
     served = {s.name: s.inference_count for s in stats.model_stats}
     for model in ("tabular_classifier", "dense"):
-        counted = calls[f"ModelInfer/{model}"]["requests"]
+        counted = calls[f"{method}/{model}"]["requests"]
         assert counted <= served[model] <= counted + 4
     assert served["text_classifier"] == 0
 
@@ -109,9 +112,23 @@ def test_smoke_suite_passes_and_the_server_saw_its_mix_of_models_and_tenants(
     # last CSV as the users stop, before the final summary: a call finishing meanwhile is in one.
     rows = {r["Name"]: r for r in csv.DictReader((tmp_path / "run_stats.csv").open())}
     for model, row in (("tabular_classifier", tabular), ("dense", dense)):
-        in_csv = int(rows[f"ModelInfer/{model}"]["Request Count"])
+        in_csv = int(rows[f"{method}/{model}"]["Request Count"])
         assert row["requests"] - 4 <= in_csv <= row["requests"]
-    assert "ModelInfer/tabular_classifier" in (tmp_path / "run.html").read_text()
+    assert f"{method}/tabular_classifier" in (tmp_path / "run.html").read_text()
+
+
+def test_a_streaming_user_whose_stream_is_refused_fails_the_run_with_the_servers_reason(
+    address: str, tmp_path: Path
+) -> None:
+    code, output, summary = locust(
+        address, tmp_path, "--smoke-s", "3", "--smoke-users", "2", "--stream",
+        "--models", "tabular_classifier", "--tenants", "no way!",
+    )  # fmt: skip
+    assert code == 1, output
+    calls = summary["calls"]["ModelStreamInfer/tabular_classifier"]
+    assert calls["requests"] > 0 and calls["failures"] == calls["requests"]
+    assert "gate error rate: 1 (limit 0) FAIL" in output
+    assert "x-wattserve-tenant must be" in output  # the server's reason, in Locust's error report
 
 
 # (The passing local run is the smoke test above.)
