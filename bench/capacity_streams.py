@@ -49,7 +49,7 @@ def ratio(streamed: dict[str, Any], unary: dict[str, Any], part: str) -> float |
         a, b = streamed["peak"], unary["peak"]
         return a["requests_per_s"] / b["requests_per_s"] if a and b else None
     a, b = (r["recommended"]["per_million_predictions"] for r in (streamed, unary))
-    return a["energy_j"] / b["energy_j"] if a and b else None
+    return a["energy_j"] / b["energy_j"] if a and b and b["energy_j"] > 0 else None
 
 
 async def compare(args: argparse.Namespace, scratch: Path) -> None:

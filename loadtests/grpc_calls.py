@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import gevent  # type: ignore[import-untyped]
 import grpc
 import grpc.experimental.gevent as grpc_gevent
 from latency import Latencies
@@ -63,6 +64,11 @@ class Reporter(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         )
 
 
+CALL_TIMEOUT_S = 30.0
+"""The unary users' deadline, and how long a streamed request waits for its answer."""
+LATE = f"no answer within {CALL_TIMEOUT_S:g} s"
+
+
 class StreamedError(Exception):
     """A streamed request the server answered with an error message (the stream goes on)."""
 
@@ -72,7 +78,8 @@ class Stream:
     `infer` sends one request on it and waits for that request's answer, a closed loop like the
     unary user's. The sync API reads requests from an iterator, fed here through a queue (gevent's,
     once Locust has patched the standard library). A stream that fails is reported for the request
-    in flight and closed; the next `infer` opens a new one."""
+    in flight and closed; the next `infer` opens a new one. So is one whose answer does not come
+    within CALL_TIMEOUT_S or carries another request's id. `infer` sets the request's id."""
 
     def __init__(self, stub: Any, metadata: tuple[tuple[str, str], ...], reporter: Reporter):
         self._stub = stub
@@ -95,14 +102,19 @@ class Stream:
         exception: Exception | None = None
         length = 0
         try:
-            answer = next(self._answers)
+            with gevent.Timeout(CALL_TIMEOUT_S, StreamedError(LATE)):
+                answer = next(self._answers)
             length = answer.ByteSize()
-            if answer.error_message:
-                exception = StreamedError(answer.error_message)
-            elif answer.infer_response.id != request.id:
+            if answer.infer_response.id != request.id:  # the stream is out of step: start over
                 exception = StreamedError(
                     f"answer for id {answer.infer_response.id!r}, expected {request.id!r}"
                 )
+                self.close()
+            elif answer.error_message:
+                exception = StreamedError(answer.error_message)
+        except StreamedError as exc:  # no answer in time: what comes next would be out of step
+            exception = exc
+            self.close()
         except grpc.RpcError as exc:
             exception = exc
             self.close()

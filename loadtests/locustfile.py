@@ -88,6 +88,7 @@ class WattserveUser(User):
         self.think_s = options.think_time_ms / 1e3
         self.rng = random.Random(f"{options.seed}:{next(_user_numbers)}")
         self.channel: Any = None
+        self.streams: list[grpc_calls.Stream] = []  # on_stop runs even when on_start stopped early
 
     def wait_time(self) -> float:
         return float(self.think_s)
@@ -131,7 +132,9 @@ class WattserveUser(User):
             self.streams[tenant].infer(request)  # reports its own failures; carry on
             return
         with contextlib.suppress(grpc.RpcError):  # reported by the interceptor; carry on
-            self.stub.ModelInfer(request, timeout=30, metadata=self.tenants[tenant])
+            self.stub.ModelInfer(
+                request, timeout=grpc_calls.CALL_TIMEOUT_S, metadata=self.tenants[tenant]
+            )
 
 
 def _ready_models(stub: Any) -> list[str]:

@@ -61,6 +61,7 @@ from wattserve_client.sweep import (
     schedule_of,
     streams_of,
     target_of,
+    transport_mode,
     transport_refusal,
     within_slo,
 )
@@ -224,8 +225,7 @@ def _result(
         s.pop("_meter", None)
     streams = transport["streams"]
     return {
-        "mode": "open-loop capacity search"
-        + ((" on one stream" if streams == 1 else f" on {streams} streams") if streams else ""),
+        "mode": "open-loop capacity search" + transport_mode(streams),
         "target": target.address,
         "model": target.model,
         "rows_per_request": rows,

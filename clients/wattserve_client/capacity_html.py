@@ -53,7 +53,8 @@ def _load_generator_warning(result: dict[str, Any]) -> str:
         return ""
     cores = result["knee"]["load_generator_cpu_cores"]
     return (
-        f"<p class='fail'>The load generator used {cores:.2f} cores at the first failing rate: "
+        f"<p class='fail'>The load generator used {cores:.2f} cores at the knee (the lowest "
+        "rate that failed): "
         "the failure may be its own, not the server's, and the server may do more. Give the "
         "load generator more CPU (its own cores, another machine) and measure again.</p>"
     )

@@ -41,6 +41,7 @@ import numpy as np
 from wattserve.protocol import pb_grpc
 
 CALL_TIMEOUT_S = 30.0
+"""A unary call's deadline; a streamed answer later than this counts as failed too."""
 STABLE_WINDOWS = 3
 INF = float("inf")
 
@@ -197,7 +198,7 @@ class _Calls:
         try:
             await next(self._turn)(self._request, timeout=CALL_TIMEOUT_S, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
-            error = f"{exc.code().name}: {exc.details()}"
+            error = _status(exc)
         finally:
             self.in_flight -= 1
         self.record(started_ns, error)
@@ -223,6 +224,25 @@ class _Calls:
             errors=int((inside & ~ok).sum()),
             cpu_cores=cpu,
         )
+
+
+ENDED = "client: the server ended the stream before answering"
+LATE = f"DEADLINE_EXCEEDED: client: answered after more than {CALL_TIMEOUT_S:g} s"
+CALL_TIMEOUT_NS = int(CALL_TIMEOUT_S * 1e9)
+
+
+def _status(exc: grpc.aio.AioRpcError) -> str:
+    return f"{exc.code().name}: {exc.details()}"
+
+
+def _stream_deadline_s(schedule: Schedule) -> float:
+    """A stream's deadline: the longest run the schedule allows, and one call's deadline more
+    for the last answers; a server that stops answering cannot hold the run up for longer."""
+    return schedule.warmup_s + schedule.max_windows * schedule.window_s + CALL_TIMEOUT_S
+
+
+def _unknown(answer_id: str) -> str:
+    return f"client: an answer with id {answer_id!r}, which no request in flight has"
 
 
 async def closed_loop(
@@ -284,11 +304,12 @@ async def stream_closed_loop(
     calls = _Calls(stubs, request, metadata)
     calls.in_flight_max = concurrency
     stop = asyncio.Event()
+    deadline_s = _stream_deadline_s(schedule)
     shares = [concurrency * (i + 1) // streams - concurrency * i // streams for i in range(streams)]
     on = [stubs[i % len(stubs)] for i in range(streams)]
 
     async def streamer(stub: Any, in_flight: int) -> None:
-        call = stub.ModelStreamInfer(metadata=tuple(metadata))
+        call = stub.ModelStreamInfer(metadata=tuple(metadata), timeout=deadline_s)
         # One copy of the request per slot in flight, its id changed per send; a copy is sent
         # again only once its answer is back, so it has been serialised even where a channel's
         # interceptors queue the writes. The caller's request stays as it is.
@@ -306,16 +327,21 @@ async def stream_closed_loop(
                 message.CopyFrom(request)
                 await send(message)
             async for response in call:
-                started_ns, message = sent.pop(response.infer_response.id)
+                answered = sent.pop(response.infer_response.id, None)
+                if answered is None:
+                    calls.record(time.perf_counter_ns(), _unknown(response.infer_response.id))
+                    continue
+                started_ns, message = answered
                 calls.record(started_ns, response.error_message or None)
                 if not stop.is_set():
                     await send(message)
                 elif not sent:
                     break
-            await call.done_writing()
+            with contextlib.suppress(Exception):  # a stream ending meanwhile has nothing left
+                await call.done_writing()
         except grpc.aio.AioRpcError as exc:  # the stream itself failed: what was in flight is lost
             for started_ns, _ in sent.values():
-                calls.record(started_ns, f"{exc.code().name}: {exc.details()}")
+                calls.record(started_ns, _status(exc))
 
     senders = [functools.partial(streamer, s, n) for s, n in zip(on, shares, strict=True)]
     return await _run(calls, senders, stop, schedule, cpu_probes)
@@ -325,10 +351,18 @@ class _OpenStream:
     """One ModelStreamInfer stream of an open loop. `submit` queues a request due at a scheduled
     time; one writer sends them in order (a stream takes one write at a time), and the reader
     matches each answer to its request by id. A request waiting for its turn to be written is in
-    flight: its latency counts from the scheduled time all the same."""
+    flight: its latency counts from the scheduled time all the same. An answer later than
+    CALL_TIMEOUT_S counts as failed, as a unary call would have."""
 
-    def __init__(self, stub: Any, request: Any, calls: _Calls, metadata: Sequence[tuple[str, str]]):
-        self._call = stub.ModelStreamInfer(metadata=tuple(metadata))
+    def __init__(
+        self,
+        stub: Any,
+        request: Any,
+        calls: _Calls,
+        metadata: Sequence[tuple[str, str]],
+        deadline_s: float,
+    ):
+        self._call = stub.ModelStreamInfer(metadata=tuple(metadata), timeout=deadline_s)
         self._request = request
         self._calls = calls
         self._due: asyncio.Queue[int | None] = asyncio.Queue()
@@ -338,9 +372,17 @@ class _OpenStream:
         self._numbers = itertools.count()
         self._failed: str | None = None
 
-    def submit(self, started_ns: int | None) -> None:
-        """Send a request due at `started_ns`; None: nothing more will be submitted."""
+    def submit(self, started_ns: int) -> None:
+        """Send a request due at `started_ns`."""
         self._due.put_nowait(started_ns)
+
+    def finish(self) -> None:
+        """Nothing more will be submitted. Requests not yet written are dropped, uncounted: the
+        measurement windows are closed, and only the answers to those sent are awaited."""
+        while not self._due.empty():
+            self._due.get_nowait()
+            self._calls.in_flight -= 1
+        self._due.put_nowait(None)
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
@@ -362,22 +404,32 @@ class _OpenStream:
             try:
                 await self._call.write(message)
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError):  # the call has ended
-                code, details = await self._call.code(), await self._call.details()
-                self._failed = self._failed or f"{code.name}: {details}"
+                code = await self._call.code()
+                ended = ENDED if code == grpc.StatusCode.OK else f"{code.name}: "
+                self._failed = self._failed or ended + (await self._call.details() or "")
                 if self._sent.pop(message.id, None) is not None:  # else the reader answered it
                     self._answered(started_ns, self._failed)
         if self._failed is None:
-            await self._call.done_writing()
+            # The reader accounts for a stream that ends meanwhile.
+            with contextlib.suppress(Exception):
+                await self._call.done_writing()
 
     async def _read(self) -> None:
-        failure = "client: the server ended the stream before answering"
+        failure = ENDED
         try:
             async for response in self._call:
-                started_ns, message = self._sent.pop(response.infer_response.id)
+                sent = self._sent.pop(response.infer_response.id, None)
+                if sent is None:
+                    self._calls.record(time.perf_counter_ns(), _unknown(response.infer_response.id))
+                    continue
+                started_ns, message = sent
                 self._free.append(message)
-                self._answered(started_ns, response.error_message or None)
+                error = response.error_message or None
+                if error is None and time.perf_counter_ns() - started_ns > CALL_TIMEOUT_NS:
+                    error = LATE
+                self._answered(started_ns, error)
         except grpc.aio.AioRpcError as exc:
-            failure = f"{exc.code().name}: {exc.details()}"
+            failure = _status(exc)
         # The stream is over: what was in flight is lost, and what comes later fails at once.
         self._failed = self._failed or failure
         for started_ns, _ in self._sent.values():
@@ -414,7 +466,11 @@ async def open_loop(
     if streams < 0 or 0 < streams < len(stubs):
         raise ValueError(f"need at least one stream per connection ({len(stubs)}), got {streams}")
     calls = _Calls(stubs, request, metadata)
-    lanes = [_OpenStream(stubs[i % len(stubs)], request, calls, metadata) for i in range(streams)]
+    deadline_s = _stream_deadline_s(schedule)
+    lanes = [
+        _OpenStream(stubs[i % len(stubs)], request, calls, metadata, deadline_s)
+        for i in range(streams)
+    ]
     lane = itertools.cycle(lanes)
     stop = asyncio.Event()
     interval_ns = 1e9 / rate_per_s
@@ -449,7 +505,7 @@ async def open_loop(
             next_ns = start_ns + due * interval_ns
             await asyncio.sleep(max(0.0, (next_ns - time.perf_counter_ns()) / 1e9))
         for each in lanes:
-            each.submit(None)
+            each.finish()
         if pending:
             await asyncio.gather(*pending)
 

@@ -141,8 +141,7 @@ async def sweep(
     passing = [p for p in points if within_slo(p, slo_p99_ms, max_error_rate)]
     peak = max(passing, key=lambda p: p["requests_per_s"], default=None)
     return {
-        "mode": "closed-loop concurrency sweep"
-        + ((" on one stream" if streams == 1 else f" on {streams} streams") if streams else ""),
+        "mode": "closed-loop concurrency sweep" + transport_mode(streams),
         "target": target.address,
         "model": target.model,
         "rows_per_request": target.shape.rows,
@@ -253,6 +252,13 @@ def add_transport_arguments(parser: argparse.ArgumentParser, load: str) -> None:
         help="TCP connections to spread the calls over (a server's --workers balances "
         "connections, not calls: use at least one per worker)",
     )
+
+
+def transport_mode(streams: int) -> str:
+    """How a report's mode names the streams: "" for unary calls."""
+    if not streams:
+        return ""
+    return " on one stream" if streams == 1 else f" on {streams} streams"
 
 
 def streams_of(args: argparse.Namespace) -> int:

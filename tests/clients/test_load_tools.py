@@ -287,7 +287,8 @@ def test_capacity_on_several_streams_over_connections_names_them_in_its_report(
     assert result["peak"]["passed"]
     for step in result["steps"]:
         assert step["requests"] > 0
-        assert step["errors"] == 0 or not step["passed"], step["errors_seen"]
+        if step["offered_per_s"] <= result["peak"]["offered_per_s"]:  # backed-off steps too
+            assert step["errors"] == 0, step["errors_seen"]
     refused = wattserve(
         "capacity", "--target", address, "--model", "tabular_classifier", "--slo-p99-ms", "10",
         "--streams", "1", "--connections", "2",
@@ -306,7 +307,7 @@ async def test_an_open_loop_over_streams_deals_its_requests_out_and_counts_bad_a
     stubs = [pb_grpc.GRPCInferenceServiceStub(channel) for channel in channels]
     good = infer_request("tabular_classifier", {"features": np.ones((1, 30), np.float32)})
     bad = infer_request("tabular_classifier", {"features": np.ones((1, 29), np.float32)})
-    schedule = Schedule(0.2, 0.5, 2, 2, -1.0)
+    schedule = Schedule(0.5, 0.75, 2, 2, -1.0)
     rate = 200.0
     try:
         m = await open_loop(stubs, good, rate_per_s=rate, schedule=schedule, streams=4)
@@ -318,9 +319,9 @@ async def test_an_open_loop_over_streams_deals_its_requests_out_and_counts_bad_a
             await channel.close()
     assert [len(c.sent) for c in counters] == [4, 4]  # 2 runs x 4 streams, dealt over 2
     assert m.errors == 0 and m.error_messages == {}
-    # Each answer is matched to its request by id (an unknown id would raise): the loop sent on
+    # Each answer matched a request by id (an unknown id counts as an error): the loop sent on
     # schedule, never ahead of it, and the server kept up with 200/s.
-    assert 0.5 * rate <= m.requests_per_s <= 1.1 * rate, m.requests_per_s
+    assert 0.5 * rate <= m.requests_per_s <= 1.3 * rate, m.requests_per_s
     assert failing.requests == 0 and failing.errors > 0
     [(message, count)] = failing.error_messages.items()
     assert count >= failing.errors  # one message for all (the warm-up's failures count too)
@@ -361,4 +362,37 @@ def test_a_capacity_search_whose_load_generator_was_busy_at_the_knee_warns_in_te
     assert "no rate met p99 <= 0.001 ms; the load generator was busy at the knee" in out
     page = html.read_text()
     assert "<th>load generator cores</th>" in page
-    assert "The load generator used " in page and "at the first failing rate" in page
+    assert "The load generator used " in page
+    assert "at the knee (the lowest rate that failed)" in page
+
+
+class WrongIds(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """A broken server: every streamed answer carries an id no request had."""
+
+    async def ModelStreamInfer(self, requests: Any, context: Any) -> Any:
+        async for request in requests:
+            yield pb.ModelStreamInferResponse(
+                infer_response=pb.ModelInferResponse(model_name=request.model_name, id="bogus")
+            )
+
+
+async def test_an_open_loop_counts_answers_with_unknown_ids_as_errors_and_ends() -> None:
+    server = grpc.aio.server()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(WrongIds(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    request = infer_request("tabular_classifier", {"features": np.ones((1, 30), np.float32)})
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            m = await open_loop(
+                stub, request, rate_per_s=100.0, schedule=Schedule(0.2, 0.5, 1, 1, -1.0), streams=2
+            )
+    finally:
+        await server.stop(None)
+    assert m.requests == 0 and m.errors > 0
+    # Each bogus answer is an error; the requests it did not answer end with their stream, once
+    # the run has half-closed it and the server has finished.
+    unknown = "client: an answer with id 'bogus', which no request in flight has"
+    ended = "client: the server ended the stream before answering"
+    assert set(m.error_messages) == {unknown, ended}, m.error_messages
