@@ -344,4 +344,7 @@ def test_the_sweep_refuses_fewer_streams_in_flight_than_connections() -> None:
     )
     assert result.returncode == 2
     assert "every --concurrency >= 4 (one per stream)" in result.stderr
-    assert "got --connections 4, --streams 4 and --concurrency 1,8" in result.stderr
+    assert (
+        "got --concurrency 1,8 with 4 streams (--stream alone: one per connection, "
+        "--connections 4)" in result.stderr
+    )

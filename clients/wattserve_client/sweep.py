@@ -283,9 +283,11 @@ def run(args: argparse.Namespace) -> int:
     floor = max(streams, 1)
     refusal = transport_refusal(args, streams)
     if refusal is None and min(concurrencies) < floor:
+        origin = f" (--stream alone: one per connection, --connections {args.connections})"
         refusal = (
             f"need every --concurrency >= {floor}{' (one per stream)' if streams else ''}; "
-            f"got --concurrency {args.concurrency} with --streams {streams}"
+            f"got --concurrency {args.concurrency} with {streams} streams"
+            + ("" if args.streams else origin)
         )
     if refusal is not None:
         print(f"wattserve sweep: {refusal}", file=sys.stderr)
