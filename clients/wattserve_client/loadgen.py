@@ -231,8 +231,21 @@ LATE = f"DEADLINE_EXCEEDED: client: answered after more than {CALL_TIMEOUT_S:g} 
 CALL_TIMEOUT_NS = int(CALL_TIMEOUT_S * 1e9)
 
 
+CORE_RACE = (
+    " (grpc.aio's report when a write meets a stream the server had already ended, "
+    "grpc/grpc#36066: the server's own status is lost)"
+)
+
+
 def _status(exc: grpc.aio.AioRpcError) -> str:
-    return f"{exc.code().name}: {exc.details()}"
+    return _described(exc.code(), exc.details())
+
+
+def _described(code: grpc.StatusCode, details: str | None) -> str:
+    text = f"{code.name}: {details or ''}"
+    if code == grpc.StatusCode.INTERNAL and details == "Internal error from Core":
+        text += CORE_RACE
+    return text
 
 
 def _stream_deadline_s(schedule: Schedule) -> float:
@@ -404,9 +417,9 @@ class _OpenStream:
             try:
                 await self._call.write(message)
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError):  # the call has ended
-                code = await self._call.code()
-                ended = ENDED if code == grpc.StatusCode.OK else f"{code.name}: "
-                self._failed = self._failed or ended + (await self._call.details() or "")
+                code, details = await self._call.code(), await self._call.details()
+                ended = ENDED if code == grpc.StatusCode.OK else _described(code, details)
+                self._failed = self._failed or ended
                 if self._sent.pop(message.id, None) is not None:  # else the reader answered it
                     self._answered(started_ns, self._failed)
         if self._failed is None:

@@ -23,7 +23,7 @@ from wattserve.cli import main as wattserve_main
 from wattserve.protocol import pb, pb_grpc
 from wattserve_client import Client
 from wattserve_client._request import infer_request
-from wattserve_client.loadgen import Schedule, open_loop, stream_closed_loop
+from wattserve_client.loadgen import CORE_RACE, Schedule, open_loop, stream_closed_loop
 from wattserve_client.payloads import PayloadShape, inputs_for
 from wattserve_client.sweep import Target, sweep
 
@@ -339,13 +339,16 @@ async def test_an_open_loop_on_refused_streams_counts_every_request_as_failed_an
             request,
             rate_per_s=100.0,
             schedule=Schedule(0.2, 0.5, 2, 2, -1.0),
-            streams=2,
+            streams=4,
             metadata=(("x-wattserve-tenant", "no way!"),),
         )
     assert m.requests == 0 and m.errors > 0
-    assert len(m.error_messages) == 1, m.error_messages
-    [message] = m.error_messages
-    assert message.startswith("INVALID_ARGUMENT") and "x-wattserve-tenant" in message, message
+    # Each stream reports the server's refusal, unless its first write lost grpc.aio's race with
+    # the refusal (grpc/grpc#36066), which it then names; four streams all losing it is unheard of.
+    refusals = [text for text in m.error_messages if text.startswith("INVALID_ARGUMENT")]
+    assert len(refusals) == 1 and "x-wattserve-tenant" in refusals[0], m.error_messages
+    for text in m.error_messages:
+        assert text in refusals or text.endswith(CORE_RACE), text
 
 
 def test_a_capacity_search_whose_load_generator_was_busy_at_the_knee_warns_in_text_and_page(
