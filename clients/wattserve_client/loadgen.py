@@ -42,6 +42,7 @@ from wattserve.protocol import pb_grpc
 
 CALL_TIMEOUT_S = 30.0
 """A unary call's deadline; a streamed answer later than this counts as failed too."""
+CALL_TIMEOUT_NS = int(CALL_TIMEOUT_S * 1e9)
 STABLE_WINDOWS = 3
 INF = float("inf")
 
@@ -227,14 +228,14 @@ class _Calls:
 
 
 ENDED = "client: the server ended the stream before answering"
+"""The failure of a streamed request whose stream ended without its answer."""
 LATE = f"DEADLINE_EXCEEDED: client: answered after more than {CALL_TIMEOUT_S:g} s"
-CALL_TIMEOUT_NS = int(CALL_TIMEOUT_S * 1e9)
-
-
+"""The failure of a streamed request answered later than a unary call's deadline."""
 CORE_RACE = (
     " (grpc.aio's report when a write meets a stream the server had already ended, "
     "grpc/grpc#36066: the server's own status is lost)"
 )
+"""Added to the INTERNAL status that grpc.aio reports in place of a stream's real one."""
 
 
 def _status(exc: grpc.aio.AioRpcError) -> str:
