@@ -25,10 +25,9 @@ only. After the sweep, each target is measured again in `--rounds` rounds, its t
 (wattserve and echo, wattserve and the minimal server, wattserve and in-process ONNX Runtime,
 stream and unary; and the dense model on 16 streams against the unary echo floor, a way past
 that floor rather than issue 5's unary target) back to back, the first side alternating between
-rounds; every round's ratio
-is printed, and the verdict is on their median. Every server stays up for the whole run, pinned
-to the same core; those not being measured are frozen (SIGSTOP, with their child processes), and
-all are frozen while ONNX Runtime runs.
+rounds; every round's ratio is printed, and the verdict is on their median. Every server stays
+up for the whole run, pinned to the same core; those not being measured are frozen (SIGSTOP,
+with their child processes), and all are frozen while ONNX Runtime runs.
 """
 
 from __future__ import annotations

@@ -70,7 +70,8 @@ LATE = f"no answer within {CALL_TIMEOUT_S:g} s"
 
 
 class StreamedError(Exception):
-    """A streamed request the server answered with an error message (the stream goes on)."""
+    """A streamed request that failed without an RpcError: its answer carried an error message
+    (the stream goes on), another request's id, or did not come in time (the stream is closed)."""
 
 
 class Stream:
