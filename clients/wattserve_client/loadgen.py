@@ -191,10 +191,14 @@ class _Calls:
         self.in_flight = 0
         self.in_flight_max = 0
 
-    async def send(self, started_ns: int) -> None:
-        """One call; latency counts from `started_ns` (the scheduled time in an open loop)."""
+    def leaving(self) -> None:
+        """One more request in flight (answered, or dropped, by whoever takes it off again)."""
         self.in_flight += 1
         self.in_flight_max = max(self.in_flight_max, self.in_flight)
+
+    async def send(self, started_ns: int) -> None:
+        """One call; latency counts from `started_ns` (the scheduled time in an open loop)."""
+        self.leaving()
         error = None
         try:
             await next(self._turn)(self._request, timeout=CALL_TIMEOUT_S, metadata=self._metadata)
@@ -497,8 +501,7 @@ async def open_loop(
             pending.add(task)
             task.add_done_callback(pending.discard)
             return
-        calls.in_flight += 1
-        calls.in_flight_max = max(calls.in_flight_max, calls.in_flight)
+        calls.leaving()
         next(lane).submit(scheduled)
 
     async def dispatcher() -> None:
