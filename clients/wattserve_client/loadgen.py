@@ -29,9 +29,9 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import math
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,10 +39,11 @@ import grpc
 import numpy as np
 
 from wattserve.protocol import pb_grpc
+from wattserve_client._sending import CALL_TIMEOUT_S, Calls, OpenStream, as_list, stream_closed
+from wattserve_client._sending import CORE_RACE as CORE_RACE  # the texts a caller may look for
+from wattserve_client._sending import ENDED as ENDED
+from wattserve_client._sending import LATE as LATE
 
-CALL_TIMEOUT_S = 30.0
-"""A unary call's deadline; a streamed answer later than this counts as failed too."""
-CALL_TIMEOUT_NS = int(CALL_TIMEOUT_S * 1e9)
 STABLE_WINDOWS = 3
 INF = float("inf")
 
@@ -171,96 +172,141 @@ async def open_stubs(
         yield [pb_grpc.GRPCInferenceServiceStub(c) for c in channels]  # type: ignore[no-untyped-call]
 
 
-def _as_list(stubs: Any) -> list[Any]:
-    """One stub, or a sequence of stubs on separate connections."""
-    return list(stubs) if isinstance(stubs, Sequence) else [stubs]
+@dataclass(frozen=True, slots=True)
+class Load:
+    """Requests on their way: the record of how each one ended, the tasks that send them, and the
+    switch that stops them (a sender finishes what it has in flight after it)."""
+
+    calls: Calls
+    senders: Sequence[Callable[[], Coroutine[Any, Any, None]]]
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def cut(self, start_ns: int, end_ns: int, cpu: dict[str, float]) -> Window:
+        latencies, errors = self.calls.cut(start_ns, end_ns)
+        return Window(start_ns, end_ns, latencies, errors, cpu)
 
 
-class _Calls:
-    """Completions as (time done, latency, ok), appended by the senders."""
+def unary_closed_load(
+    stubs: Any, request: Any, *, concurrency: int, metadata: Sequence[tuple[str, str]] = ()
+) -> Load:
+    """`concurrency` workers, each sending a unary call as soon as its last one is answered."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    calls = Calls(stubs, request, metadata)
+    stop = asyncio.Event()
 
-    def __init__(self, stubs: Any, request: Any, metadata: Sequence[tuple[str, str]]) -> None:
-        self._calls = [stub.ModelInfer for stub in _as_list(stubs)]
-        self._turn = itertools.cycle(self._calls)
-        self._request = request
-        self._metadata = tuple(metadata)
-        self.done_ns: list[int] = []
-        self.latency_ns: list[int] = []
-        self.ok: list[bool] = []
-        self.messages: Counter[str] = Counter()
-        self.in_flight = 0
-        self.in_flight_max = 0
+    async def worker() -> None:
+        while not stop.is_set():
+            await calls.send(time.perf_counter_ns())
 
-    def leaving(self) -> None:
-        """One more request in flight (answered, or dropped, by whoever takes it off again)."""
-        self.in_flight += 1
-        self.in_flight_max = max(self.in_flight_max, self.in_flight)
+    return Load(calls, [worker] * concurrency, stop)
 
-    async def send(self, started_ns: int) -> None:
-        """One call; latency counts from `started_ns` (the scheduled time in an open loop)."""
-        self.leaving()
-        error = None
-        try:
-            await next(self._turn)(self._request, timeout=CALL_TIMEOUT_S, metadata=self._metadata)
-        except grpc.aio.AioRpcError as exc:
-            error = _status(exc)
-        finally:
-            self.in_flight -= 1
-        self.record(started_ns, error)
 
-    def record(self, started_ns: int, error: str | None) -> None:
-        """One call done now; `error` is its failure message, None for a success."""
-        done = time.perf_counter_ns()
-        self.done_ns.append(done)
-        self.latency_ns.append(done - started_ns)
-        self.ok.append(error is None)
-        if error is not None and (error in self.messages or len(self.messages) < 10):
-            self.messages[error] += 1
-
-    def window(self, start_ns: int, end_ns: int, cpu: dict[str, float]) -> Window:
-        done = np.asarray(self.done_ns, dtype=np.int64)
-        inside = (done >= start_ns) & (done < end_ns)
-        ok = np.asarray(self.ok, dtype=bool)
-        latency = np.asarray(self.latency_ns, dtype=np.int64)
-        return Window(
-            start_ns=start_ns,
-            end_ns=end_ns,
-            latencies_ns=latency[inside & ok],
-            errors=int((inside & ~ok).sum()),
-            cpu_cores=cpu,
+def stream_closed_load(
+    stubs: Any,
+    request: Any,
+    *,
+    concurrency: int,
+    streams: int,
+    deadline_s: float,
+    metadata: Sequence[tuple[str, str]] = (),
+) -> Load:
+    """`concurrency` requests in flight on `streams` ModelStreamInfer streams (0: one per stub),
+    opened on the stubs in turn, the requests shared out evenly."""
+    stubs = as_list(stubs)
+    streams = streams or len(stubs)
+    if streams < len(stubs):
+        raise ValueError(f"need at least one stream per connection ({len(stubs)}), got {streams}")
+    if concurrency < streams:
+        raise ValueError(f"concurrency must be >= {streams} (one per stream), got {concurrency}")
+    calls = Calls(stubs, request, metadata)
+    calls.in_flight_max = concurrency
+    stop = asyncio.Event()
+    senders = [
+        functools.partial(
+            stream_closed,
+            stubs[i % len(stubs)],
+            request,
+            calls,
+            stop,
+            in_flight=in_flight,
+            metadata=metadata,
+            deadline_s=deadline_s,
         )
+        for i, in_flight in enumerate(shares(concurrency, streams))
+    ]
+    return Load(calls, senders, stop)
 
 
-ENDED = "client: the server ended the stream before answering"
-"""The failure of a streamed request whose stream ended without its answer."""
-LATE = f"DEADLINE_EXCEEDED: client: answered after more than {CALL_TIMEOUT_S:g} s"
-"""The failure of a streamed request answered later than a unary call's deadline."""
-CORE_RACE = (
-    " (grpc.aio's report when a write meets a stream the server had already ended, "
-    "grpc/grpc#36066: the server's own status is lost)"
-)
-"""Added to the INTERNAL status that grpc.aio reports in place of a stream's real one."""
+def open_load(
+    stubs: Any,
+    request: Any,
+    *,
+    rate_per_s: float,
+    deadline_s: float,
+    streams: int = 0,
+    max_in_flight: int = 10_000,
+    metadata: Sequence[tuple[str, str]] = (),
+    phase_s: float = 0.0,
+) -> Load:
+    """`rate_per_s` requests a second on a fixed schedule (the first `phase_s` after the start),
+    as unary calls or dealt out in turn over `streams` ModelStreamInfer streams."""
+    if rate_per_s <= 0:
+        raise ValueError(f"rate_per_s must be > 0, got {rate_per_s}")
+    stubs = as_list(stubs)
+    if streams < 0 or 0 < streams < len(stubs):
+        raise ValueError(f"need at least one stream per connection ({len(stubs)}), got {streams}")
+    calls = Calls(stubs, request, metadata)
+    lanes = [
+        OpenStream(stubs[i % len(stubs)], request, calls, metadata, deadline_s)
+        for i in range(streams)
+    ]
+    lane = itertools.cycle(lanes)
+    stop = asyncio.Event()
+    interval_ns = 1e9 / rate_per_s
+    pending: set[asyncio.Task[None]] = set()
+    overflow = f"client: more than {max_in_flight} in flight"
+
+    def send(scheduled: int) -> None:
+        if not lanes:
+            task = asyncio.create_task(calls.send(scheduled))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            return
+        calls.leaving()
+        next(lane).submit(scheduled)
+
+    async def dispatcher() -> None:
+        start_ns, sent = time.perf_counter_ns() + round(phase_s * 1e9), 0
+        while not stop.is_set():
+            now = time.perf_counter_ns()
+            due = max(0, math.floor((now - start_ns) / interval_ns) + 1)
+            for n in range(sent, due):
+                scheduled = start_ns + round(n * interval_ns)
+                if calls.in_flight >= max_in_flight:
+                    calls.refused(scheduled, now, overflow)
+                    continue
+                send(scheduled)
+            sent = max(sent, due)
+            next_ns = start_ns + sent * interval_ns
+            await asyncio.sleep(max(0.0, (next_ns - time.perf_counter_ns()) / 1e9))
+        for each in lanes:
+            each.finish()
+        if pending:
+            await asyncio.gather(*pending)
+
+    return Load(calls, [dispatcher, *(each.run for each in lanes)], stop)
 
 
-def _status(exc: grpc.aio.AioRpcError) -> str:
-    return _described(exc.code(), exc.details())
+def shares(total: int, parts: int) -> list[int]:
+    """`total` split into `parts` whole shares that differ by at most one."""
+    return [total * (i + 1) // parts - total * i // parts for i in range(parts)]
 
 
-def _described(code: grpc.StatusCode, details: str | None) -> str:
-    text = f"{code.name}: {details or ''}"
-    if code == grpc.StatusCode.INTERNAL and details == "Internal error from Core":
-        text += CORE_RACE
-    return text
-
-
-def _stream_deadline_s(schedule: Schedule) -> float:
+def stream_deadline_s(schedule: Schedule) -> float:
     """A stream's deadline: the longest run the schedule allows, and one call's deadline more
     for the last answers; a server that stops answering cannot hold the run up for longer."""
     return schedule.warmup_s + schedule.max_windows * schedule.window_s + CALL_TIMEOUT_S
-
-
-def _unknown(answer_id: str) -> str:
-    return f"client: an answer with id {answer_id!r}, which no request in flight has"
 
 
 async def closed_loop(
@@ -285,16 +331,8 @@ async def closed_loop(
             metadata=metadata,
             cpu_probes=cpu_probes,
         )
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-    calls = _Calls(stub, request, metadata)
-    stop = asyncio.Event()
-
-    async def worker() -> None:
-        while not stop.is_set():
-            await calls.send(time.perf_counter_ns())
-
-    return await _run(calls, [worker] * concurrency, stop, schedule, cpu_probes)
+    load = unary_closed_load(stub, request, concurrency=concurrency, metadata=metadata)
+    return await run(load, schedule, cpu_probes)
 
 
 async def stream_closed_loop(
@@ -313,150 +351,15 @@ async def stream_closed_loop(
     Each message carries its own id (responses come back in completion order, not sending order);
     a response with an `error_message` counts as a failed call.
     """
-    stubs = _as_list(stub)
-    streams = streams or len(stubs)
-    if streams < len(stubs):
-        raise ValueError(f"need at least one stream per connection ({len(stubs)}), got {streams}")
-    if concurrency < streams:
-        raise ValueError(f"concurrency must be >= {streams} (one per stream), got {concurrency}")
-    calls = _Calls(stubs, request, metadata)
-    calls.in_flight_max = concurrency
-    stop = asyncio.Event()
-    deadline_s = _stream_deadline_s(schedule)
-    shares = [concurrency * (i + 1) // streams - concurrency * i // streams for i in range(streams)]
-    on = [stubs[i % len(stubs)] for i in range(streams)]
-
-    async def streamer(stub: Any, in_flight: int) -> None:
-        call = stub.ModelStreamInfer(metadata=tuple(metadata), timeout=deadline_s)
-        # One copy of the request per slot in flight, its id changed per send; a copy is sent
-        # again only once its answer is back, so it has been serialised even where a channel's
-        # interceptors queue the writes. The caller's request stays as it is.
-        copies = [type(request)() for _ in range(in_flight)]
-        sent: dict[str, tuple[int, Any]] = {}
-        numbers = itertools.count()
-
-        async def send(message: Any) -> None:
-            message.id = str(next(numbers))
-            sent[message.id] = (time.perf_counter_ns(), message)
-            await call.write(message)
-
-        try:
-            for message in copies:
-                message.CopyFrom(request)
-                await send(message)
-            async for response in call:
-                answered = sent.pop(response.infer_response.id, None)
-                if answered is None:
-                    calls.record(time.perf_counter_ns(), _unknown(response.infer_response.id))
-                    continue
-                started_ns, message = answered
-                calls.record(started_ns, response.error_message or None)
-                if not stop.is_set():
-                    await send(message)
-                elif not sent:
-                    break
-            with contextlib.suppress(Exception):  # a stream ending meanwhile has nothing left
-                await call.done_writing()
-        except grpc.aio.AioRpcError as exc:  # the stream itself failed: what was in flight is lost
-            for started_ns, _ in sent.values():
-                calls.record(started_ns, _status(exc))
-
-    senders = [functools.partial(streamer, s, n) for s, n in zip(on, shares, strict=True)]
-    return await _run(calls, senders, stop, schedule, cpu_probes)
-
-
-class _OpenStream:
-    """One ModelStreamInfer stream of an open loop. `submit` queues a request due at a scheduled
-    time; one writer sends them in order (a stream takes one write at a time), and the reader
-    matches each answer to its request by id. A request waiting for its turn to be written is in
-    flight: its latency counts from the scheduled time all the same. An answer later than
-    CALL_TIMEOUT_S counts as failed, as a unary call would have."""
-
-    def __init__(
-        self,
-        stub: Any,
-        request: Any,
-        calls: _Calls,
-        metadata: Sequence[tuple[str, str]],
-        deadline_s: float,
-    ):
-        self._call = stub.ModelStreamInfer(metadata=tuple(metadata), timeout=deadline_s)
-        self._request = request
-        self._calls = calls
-        self._due: asyncio.Queue[int | None] = asyncio.Queue()
-        self._sent: dict[str, tuple[int, Any]] = {}
-        self._free: list[Any] = []
-        """Request copies whose answers are back, to send again (see stream_closed_loop)."""
-        self._numbers = itertools.count()
-        self._failed: str | None = None
-
-    def submit(self, started_ns: int) -> None:
-        """Send a request due at `started_ns`."""
-        self._due.put_nowait(started_ns)
-
-    def finish(self) -> None:
-        """Nothing more will be submitted. Requests not yet written are dropped, uncounted: the
-        measurement windows are closed, and only the answers to those sent are awaited."""
-        while not self._due.empty():
-            self._due.get_nowait()
-            self._calls.in_flight -= 1
-        self._due.put_nowait(None)
-
-    async def run(self) -> None:
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._write())
-            group.create_task(self._read())
-
-    async def _write(self) -> None:
-        while (started_ns := await self._due.get()) is not None:
-            if self._failed is not None:
-                self._answered(started_ns, self._failed)
-                continue
-            if self._free:
-                message = self._free.pop()
-            else:
-                message = type(self._request)()
-                message.CopyFrom(self._request)
-            message.id = str(next(self._numbers))
-            self._sent[message.id] = (started_ns, message)
-            try:
-                await self._call.write(message)
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):  # the call has ended
-                code, details = await self._call.code(), await self._call.details()
-                ended = ENDED if code == grpc.StatusCode.OK else _described(code, details)
-                self._failed = self._failed or ended
-                if self._sent.pop(message.id, None) is not None:  # else the reader answered it
-                    self._answered(started_ns, self._failed)
-        if self._failed is None:
-            # The reader accounts for a stream that ends meanwhile.
-            with contextlib.suppress(Exception):
-                await self._call.done_writing()
-
-    async def _read(self) -> None:
-        failure = ENDED
-        try:
-            async for response in self._call:
-                sent = self._sent.pop(response.infer_response.id, None)
-                if sent is None:
-                    self._calls.record(time.perf_counter_ns(), _unknown(response.infer_response.id))
-                    continue
-                started_ns, message = sent
-                self._free.append(message)
-                error = response.error_message or None
-                if error is None and time.perf_counter_ns() - started_ns > CALL_TIMEOUT_NS:
-                    error = LATE
-                self._answered(started_ns, error)
-        except grpc.aio.AioRpcError as exc:
-            failure = _status(exc)
-        # The stream is over: what was in flight is lost, and what comes later fails at once.
-        self._failed = self._failed or failure
-        for started_ns, _ in self._sent.values():
-            self._answered(started_ns, self._failed)
-        self._sent.clear()
-
-    def _answered(self, started_ns: int, error: str | None) -> None:
-        self._calls.in_flight -= 1
-        self._calls.record(started_ns, error)
+    load = stream_closed_load(
+        stub,
+        request,
+        concurrency=concurrency,
+        streams=streams,
+        deadline_s=stream_deadline_s(schedule),
+        metadata=metadata,
+    )
+    return await run(load, schedule, cpu_probes)
 
 
 async def open_loop(
@@ -478,85 +381,51 @@ async def open_loop(
     requests count as errors ("client: more than N in flight"), since the server clearly cannot
     keep up.
     """
-    if rate_per_s <= 0:
-        raise ValueError(f"rate_per_s must be > 0, got {rate_per_s}")
-    stubs = _as_list(stub)
-    if streams < 0 or 0 < streams < len(stubs):
-        raise ValueError(f"need at least one stream per connection ({len(stubs)}), got {streams}")
-    calls = _Calls(stubs, request, metadata)
-    deadline_s = _stream_deadline_s(schedule)
-    lanes = [
-        _OpenStream(stubs[i % len(stubs)], request, calls, metadata, deadline_s)
-        for i in range(streams)
-    ]
-    lane = itertools.cycle(lanes)
-    stop = asyncio.Event()
-    interval_ns = 1e9 / rate_per_s
-    pending: set[asyncio.Task[None]] = set()
-    overflow = f"client: more than {max_in_flight} in flight"
-
-    def send(scheduled: int) -> None:
-        if not lanes:
-            task = asyncio.create_task(calls.send(scheduled))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-            return
-        calls.leaving()
-        next(lane).submit(scheduled)
-
-    async def dispatcher() -> None:
-        start_ns, sent = time.perf_counter_ns(), 0
-        while not stop.is_set():
-            now = time.perf_counter_ns()
-            due = int((now - start_ns) / interval_ns) + 1
-            for n in range(sent, due):
-                scheduled = start_ns + round(n * interval_ns)
-                if calls.in_flight >= max_in_flight:
-                    calls.messages[overflow] += 1
-                    calls.done_ns.append(now)
-                    calls.latency_ns.append(now - scheduled)
-                    calls.ok.append(False)
-                    continue
-                send(scheduled)
-            sent = due
-            next_ns = start_ns + due * interval_ns
-            await asyncio.sleep(max(0.0, (next_ns - time.perf_counter_ns()) / 1e9))
-        for each in lanes:
-            each.finish()
-        if pending:
-            await asyncio.gather(*pending)
-
-    senders = [dispatcher, *(each.run for each in lanes)]
-    return await _run(calls, senders, stop, schedule, cpu_probes)
+    load = open_load(
+        stub,
+        request,
+        rate_per_s=rate_per_s,
+        deadline_s=stream_deadline_s(schedule),
+        streams=streams,
+        max_in_flight=max_in_flight,
+        metadata=metadata,
+    )
+    return await run(load, schedule, cpu_probes)
 
 
-async def _run(
-    calls: _Calls,
-    senders: Sequence[Callable[[], Any]],
-    stop: asyncio.Event,
-    schedule: Schedule,
-    cpu_probes: Sequence[CpuProbe],
-) -> Measurement:
+async def run(load: Load, schedule: Schedule, cpu_probes: Sequence[CpuProbe]) -> Measurement:
+    """Start `load`, measure it until its windows are stable, stop it and wait for its senders."""
     async with asyncio.TaskGroup() as group:
-        for sender in senders:
+        for sender in load.senders:
             group.create_task(sender())
         try:
-            windows, stable = await _measure(calls, schedule, cpu_probes)
+            windows, stable = await measure(load.cut, schedule, cpu_probes)
         finally:
-            stop.set()
-    pooled = windows[-STABLE_WINDOWS:] if stable else windows
+            load.stop.set()
+    return measurement(windows, stable, load.calls.messages, load.calls.in_flight_max)
+
+
+def measurement(
+    windows: list[Window], stable: bool, messages: Mapping[str, int], in_flight_max: int
+) -> Measurement:
     return Measurement(
-        windows=pooled,
+        windows=windows[-STABLE_WINDOWS:] if stable else windows,
         stable=stable,
         windows_run=len(windows),
-        error_messages=dict(calls.messages),
-        in_flight_max=calls.in_flight_max,
+        error_messages=dict(messages),
+        in_flight_max=in_flight_max,
     )
 
 
-async def _measure(
-    calls: _Calls, schedule: Schedule, probes: Sequence[CpuProbe]
+Cut = Callable[[int, int, dict[str, float]], Awaitable[Window]]
+"""The window [start_ns, end_ns) of a load, given the CPU it used meanwhile (in cores)."""
+
+
+async def measure(
+    cut: Cut, schedule: Schedule, probes: Sequence[CpuProbe]
 ) -> tuple[list[Window], bool]:
+    """Warm up, then cut windows until the last STABLE_WINDOWS agree (True) or the schedule's
+    windows are used up (False)."""
     await asyncio.sleep(schedule.warmup_s)
     windows: list[Window] = []
     start_ns, before = time.perf_counter_ns(), _read(probes)
@@ -565,7 +434,7 @@ async def _measure(
         end_ns, after = time.perf_counter_ns(), _read(probes)
         seconds = (end_ns - start_ns) / 1e9
         cpu = {k: (v - before.get(k, 0.0)) / seconds for k, v in after.items()}
-        windows.append(calls.window(start_ns, end_ns, cpu))
+        windows.append(await cut(start_ns, end_ns, cpu))
         start_ns, before = end_ns, after
         if len(windows) >= schedule.min_windows and _stable(windows, schedule.stability):
             return windows, True
