@@ -1,13 +1,15 @@
 """Worker processes against one process: what `--workers N` buys on this machine.
 
     python bench/workers.py [--workers 2] [--concurrency 64] [--connections 16] [--rounds 2]
+                            [--processes 1]
 
 It alternates `wattserve serve` (one process) and `wattserve serve --workers N`, `--rounds` times
 each, so both see the same phases of a drifting VM. The servers are not pinned from outside (the
 workers pin themselves to their share of the cores), and the load generator, this process, shares
 the machine, as issue 5 asks for on a machine without spare cores. Both servers get the same load:
 `--concurrency` calls in flight over `--connections` TCP connections (the kernel balances
-connections, not calls, over the workers). Meter on, default settings.
+connections, not calls, over the workers). Meter on, default settings. On a machine with more
+cores, give the load generator `--processes` (one Python process drives about one server core).
 
 It prints each point (requests/s, p50/p99, server and load-generator CPU in cores) and, per case,
 the ratio (N workers) ÷ (N x one process) of the rounds' medians: the issue's target is ≥ 0.8
@@ -25,12 +27,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-import psutil
 from _server import serving, steal_counter, steal_since
 from serve_vs_ort import machine_facts
 
-from wattserve_client._request import CHANNEL_OPTIONS
-from wattserve_client.loadgen import CpuProbe, Measurement, Schedule, closed_loop, open_stubs
+from wattserve_client.fleet import load_generator
+from wattserve_client.loadgen import (
+    LOAD_GENERATOR,
+    CpuProbe,
+    Measurement,
+    Schedule,
+    load_generator_cpu,
+)
 from wattserve_client.payloads import PayloadShape
 from wattserve_client.sweep import Target, build_request
 
@@ -43,6 +50,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--processes", type=int, default=1, help="load generator processes")
     parser.add_argument("--window-s", type=float, default=2.0)
     parser.add_argument("--cases", default="", help="only the cases whose label contains this")
     return parser.parse_args()
@@ -52,20 +60,14 @@ async def measure(
     address: str, server_cpu: CpuProbe, case: str, args: argparse.Namespace
 ) -> Measurement:
     model, rows = CASES[case]
-    me = psutil.Process()
-
-    def client() -> dict[str, float]:
-        times = me.cpu_times()
-        return {"client": times.user + times.system}
-
-    async with open_stubs(address, args.connections, CHANNEL_OPTIONS) as stubs:
-        request = await build_request(stubs[0], Target(address, model, shape=PayloadShape(rows)))
-        return await closed_loop(
-            stubs,
+    generator = load_generator(address, connections=args.connections, processes=args.processes)
+    async with generator as loads:
+        request = await build_request(loads.stub, Target(address, model, shape=PayloadShape(rows)))
+        return await loads.closed_loop(
             request,
             concurrency=args.concurrency,
             schedule=Schedule(1.0, args.window_s, 3, 6, 0.10),
-            cpu_probes=[server_cpu, client],
+            cpu_probes=[server_cpu, load_generator_cpu],
         )
 
 
@@ -92,7 +94,7 @@ async def run(
                     print(
                         f"| {round_ + 1} | {workers} | {case} | {m.requests_per_s:.0f} "
                         f"| {p50:.2f} | {p99:.2f} | {m.cpu_cores('server') or 0:.2f} "
-                        f"| {m.cpu_cores('client') or 0:.2f} | {m.errors} "
+                        f"| {m.cpu_cores(LOAD_GENERATOR) or 0:.2f} | {m.errors} "
                         f"| {'' if m.stable else 'not stable'} |",
                         flush=True,
                     )
@@ -105,8 +107,9 @@ def main() -> int:
     facts = machine_facts()
     print(f"# bench/workers.py, {facts['date']}: {facts['nproc']} cores ({facts['cpu']})")
     print(
-        f"# {args.concurrency} in flight over {args.connections} connections, "
-        f"{args.rounds} rounds, load generator unpinned\n"
+        f"# {args.concurrency} in flight over {args.connections} connections from "
+        f"{args.processes} load generator process(es), {args.rounds} rounds, load generator "
+        "unpinned\n"
     )
     print(
         "| round | workers | case | req/s | p50 ms | p99 ms | server cores | client cores "

@@ -41,21 +41,16 @@ from typing import Any
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from wattserve_client._request import CHANNEL_OPTIONS
 from wattserve_client.capacity_html import render_html
-from wattserve_client.loadgen import (
-    Schedule,
-    closed_loop,
-    load_generator_cpu,
-    open_loop,
-    open_stubs,
-)
+from wattserve_client.fleet import load_generator
+from wattserve_client.loadgen import Schedule, closed_loop, load_generator_cpu
 from wattserve_client.sweep import (
     Target,
     add_target_arguments,
     add_transport_arguments,
     build_request,
     busy_note,
+    connections_of,
     load_generator_limit,
     point,
     schedule_of,
@@ -132,17 +127,19 @@ async def search(
     *,
     connections: int = 1,
     streams: int = 0,
+    processes: int = 1,
 ) -> dict[str, Any]:
     """`streams` > 0: the load goes over that many ModelStreamInfer streams, opened on the
-    `connections` in turn; the probe then runs on one stream."""
+    `connections` in turn; the probe then runs on one stream. `processes` > 1: the load comes
+    from that many processes (`fleet`); the probe from this one."""
     rows = target.shape.rows
-    async with open_stubs(target.address, connections, CHANNEL_OPTIONS) as stubs:
-        request = await build_request(stubs[0], target)
+    generator = load_generator(target.address, connections=connections, processes=processes)
+    async with generator as loads:
+        request = await build_request(loads.stub, target)
 
         async def step(rate: float, role: str) -> dict[str, Any]:
             before = metrics.scrape(target.model)
-            m = await open_loop(
-                stubs,
+            m = await loads.open_loop(
                 request,
                 rate_per_s=rate,
                 schedule=schedule,
@@ -163,7 +160,7 @@ async def search(
             return p
 
         probe = await closed_loop(
-            stubs[0],
+            loads.stub,
             request,
             concurrency=1,
             schedule=Schedule(0.5, schedule.window_s, 1, 1),
@@ -202,7 +199,11 @@ async def search(
             operating = await step(passed["requests_per_s"] * (1 - args.headroom), "operating")
             await asyncio.sleep(METER_SETTLE_S)
             operating["_meter"] = (operating["_meter"][0], metrics.scrape(target.model))
-    transport = {"connections": connections, "streams": streams}
+    transport = {
+        "connections": connections,
+        "streams": streams,
+        "load_generator_processes": processes,
+    }
     return _result(target, args, transport, steps, passed, failed, operating)
 
 
@@ -225,7 +226,8 @@ def _result(
         s.pop("_meter", None)
     streams = transport["streams"]
     return {
-        "mode": "open-loop capacity search" + transport_mode(streams),
+        "mode": "open-loop capacity search"
+        + transport_mode(streams, transport["load_generator_processes"]),
         "target": target.address,
         "model": target.model,
         "rows_per_request": rows,
@@ -323,8 +325,9 @@ def run(args: argparse.Namespace) -> int:
             schedule_of(args),
             metrics,
             args,
-            connections=args.connections,
+            connections=connections_of(args),
             streams=streams,
+            processes=args.processes,
         )
     )
     result["duration_s"] = time.time() - started

@@ -5,6 +5,8 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from wattserve_client.sweep import MORE_CPU, busy_cores
+
 WIDTH, HEIGHT, LEFT, BOTTOM, TOP, RIGHT = 720, 340, 64, 44, 16, 16
 
 STYLE = """
@@ -51,12 +53,11 @@ def render_html(result: dict[str, Any]) -> str:
 def _load_generator_warning(result: dict[str, Any]) -> str:
     if not result.get("knee_load_generator_busy"):
         return ""
-    cores = result["knee"]["load_generator_cpu_cores"]
     return (
-        f"<p class='fail'>The load generator used {cores:.2f} cores at the knee (the lowest "
-        "rate that failed): "
+        f"<p class='fail'>The load generator used {busy_cores(result['knee'])} at the knee (the "
+        "lowest rate that failed): "
         "the failure may be its own, not the server's, and the server may do more. Give the "
-        "load generator more CPU (its own cores, another machine) and measure again.</p>"
+        f"load generator {MORE_CPU} and measure again.</p>"
     )
 
 

@@ -422,11 +422,17 @@ Cut = Callable[[int, int, dict[str, float]], Awaitable[Window]]
 
 
 async def measure(
-    cut: Cut, schedule: Schedule, probes: Sequence[CpuProbe]
+    cut: Cut,
+    schedule: Schedule,
+    probes: Sequence[CpuProbe],
+    *,
+    begin: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[list[Window], bool]:
     """Warm up, then cut windows until the last STABLE_WINDOWS agree (True) or the schedule's
-    windows are used up (False)."""
+    windows are used up (False). `begin` is awaited as the first window starts."""
     await asyncio.sleep(schedule.warmup_s)
+    if begin is not None:
+        await begin()
     windows: list[Window] = []
     start_ns, before = time.perf_counter_ns(), _read(probes)
     while len(windows) < schedule.max_windows:

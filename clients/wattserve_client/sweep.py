@@ -21,15 +21,14 @@ from typing import Any
 
 from wattserve.grpc.tenants import TENANT_HEADER
 from wattserve.protocol import pb
-from wattserve_client._request import CHANNEL_OPTIONS, infer_request
+from wattserve_client._request import infer_request
+from wattserve_client.fleet import LOAD_GENERATOR_BUSIEST, load_generator
 from wattserve_client.loadgen import (
     BUSY_CORES,
     LOAD_GENERATOR,
     Measurement,
     Schedule,
-    closed_loop,
     load_generator_cpu,
-    open_stubs,
 )
 from wattserve_client.payloads import PayloadShape, inputs_for
 
@@ -66,8 +65,11 @@ async def build_request(stub: Any, target: Target) -> Any:
 
 def point(label: str, value: float, m: Measurement, rows: int) -> dict[str, Any]:
     """One step of a sweep or a search as JSON: throughput, latency percentiles, errors, and the
-    load generator's own CPU where it was probed (`load_generator_cpu`)."""
+    load generator's own CPU where it was probed (`load_generator_cpu`): all its processes, and
+    the busiest one, whose single core is what limits it."""
     cores = m.cpu_cores(LOAD_GENERATOR)
+    busiest = m.cpu_cores(LOAD_GENERATOR_BUSIEST)
+    busiest = cores if busiest is None else busiest
     return {
         label: value,
         "requests_per_s": m.requests_per_s,
@@ -82,7 +84,8 @@ def point(label: str, value: float, m: Measurement, rows: int) -> dict[str, Any]
         "stable": m.stable,
         "windows": m.windows_run,
         "load_generator_cpu_cores": cores,
-        "load_generator_busy": cores is not None and cores >= BUSY_CORES,
+        "load_generator_busiest_process_cores": busiest,
+        "load_generator_busy": busiest is not None and busiest >= BUSY_CORES,
     }
 
 
@@ -90,15 +93,27 @@ def load_generator_limit(where: str) -> str:
     """The summary's warning that the load generator was busy `where` it mattered."""
     return (
         f"; the load generator was busy {where}, so the server may do more: give the load "
-        "generator more CPU (its own cores, another machine) and measure again"
+        f"generator {MORE_CPU} and measure again"
     )
+
+
+MORE_CPU = "more CPU (more --processes on cores of their own, another machine)"
+"""What a busy load generator needs, as the warnings put it."""
+
+
+def busy_cores(p: dict[str, Any]) -> str:
+    """How busy the load generator was at a step: "0.95 cores", or with several processes
+    "0.95 cores in its busiest process"."""
+    busiest = p["load_generator_busiest_process_cores"]
+    several = busiest != p["load_generator_cpu_cores"]
+    return f"{busiest:.2f} cores" + (" in its busiest process" if several else "")
 
 
 def busy_note(p: dict[str, Any]) -> str:
     """A row's warning that the load generator, not the server, may have set its figures."""
     if not p["load_generator_busy"]:
         return ""
-    return f"  (load generator busy: {p['load_generator_cpu_cores']:.2f} cores)"
+    return f"  (load generator busy: {busy_cores(p)})"
 
 
 def within_slo(p: dict[str, Any], slo_p99_ms: float | None, max_error_rate: float) -> bool:
@@ -118,17 +133,18 @@ async def sweep(
     *,
     connections: int = 1,
     streams: int = 0,
+    processes: int = 1,
 ) -> dict[str, Any]:
     """`streams` > 0: keep the requests in flight on that many ModelStreamInfer streams, opened
     on the connections in turn, instead of as unary calls. `connections`: TCP connections the
     calls (or streams) take turns on; a server with worker processes needs at least one per
-    worker."""
-    async with open_stubs(target.address, connections, CHANNEL_OPTIONS) as stubs:
-        request = await build_request(stubs[0], target)
+    worker. `processes` > 1: a load generator spread over that many processes (`fleet`)."""
+    generator = load_generator(target.address, connections=connections, processes=processes)
+    async with generator as loads:
+        request = await build_request(loads.stub, target)
         points = []
         for concurrency in concurrencies:
-            m = await closed_loop(
-                stubs,
+            m = await loads.closed_loop(
                 request,
                 concurrency=concurrency,
                 schedule=schedule,
@@ -141,12 +157,13 @@ async def sweep(
     passing = [p for p in points if within_slo(p, slo_p99_ms, max_error_rate)]
     peak = max(passing, key=lambda p: p["requests_per_s"], default=None)
     return {
-        "mode": "closed-loop concurrency sweep" + transport_mode(streams),
+        "mode": "closed-loop concurrency sweep" + transport_mode(streams, processes),
         "target": target.address,
         "model": target.model,
         "rows_per_request": target.shape.rows,
         "connections": connections,
         "streams": streams,
+        "load_generator_processes": processes,
         "slo": {"p99_ms": slo_p99_ms, "max_error_rate": max_error_rate},
         "schedule": {
             "warmup_s": schedule.warmup_s,
@@ -248,32 +265,54 @@ def add_transport_arguments(parser: argparse.ArgumentParser, load: str) -> None:
     parser.add_argument(
         "--connections",
         type=int,
-        default=1,
+        default=None,
         help="TCP connections to spread the calls over (a server's --workers balances "
-        "connections, not calls: use at least one per worker)",
+        "connections, not calls: use at least one per worker; default: one per process)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="load generator processes, each with its share of the connections and of the load: "
+        "one Python process drives about one core of server (docs/performance.md)",
     )
 
 
-def transport_mode(streams: int) -> str:
-    """How a report's mode names the streams: "" for unary calls."""
-    if not streams:
-        return ""
-    return " on one stream" if streams == 1 else f" on {streams} streams"
+def transport_mode(streams: int, processes: int = 1) -> str:
+    """How a report's mode names the streams and processes: "" for unary calls from one."""
+    mode = ""
+    if streams:
+        mode = " on one stream" if streams == 1 else f" on {streams} streams"
+    if processes > 1:
+        mode += f" from {processes} load generator processes"
+    return mode
+
+
+def connections_of(args: argparse.Namespace) -> int:
+    """The TCP connections in effect: --connections, by default one per process."""
+    return int(args.connections or args.processes)
 
 
 def streams_of(args: argparse.Namespace) -> int:
     """The streams in effect: 0 for unary calls; with --stream alone, one per connection."""
     stream = args.stream or args.streams != 0
-    return (args.streams or args.connections) if stream else 0
+    return (args.streams or connections_of(args)) if stream else 0
 
 
 def transport_refusal(args: argparse.Namespace, streams: int) -> str | None:
-    """What is wrong with --connections and --streams, or None."""
-    if args.connections >= 1 and (streams == 0 or streams >= args.connections):
+    """What is wrong with --processes, --connections and --streams, or None."""
+    connections = connections_of(args)
+    if args.processes < 1 or connections < args.processes:
+        return (
+            f"need --processes >= 1 and --connections >= --processes (each process has "
+            f"connections of its own); got --processes {args.processes} and --connections "
+            f"{connections}"
+        )
+    if connections >= 1 and (streams == 0 or streams >= connections):
         return None
     return (
         f"need --connections >= 1 and --streams >= --connections; got --connections "
-        f"{args.connections} and --streams {streams}"
+        f"{connections} and --streams {streams}"
     )
 
 
@@ -283,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
     floor = max(streams, 1)
     refusal = transport_refusal(args, streams)
     if refusal is None and min(concurrencies) < floor:
-        origin = f" (--stream alone: one per connection, --connections {args.connections})"
+        origin = f" (--stream alone: one per connection, --connections {connections_of(args)})"
         refusal = (
             f"need every --concurrency >= {floor}{' (one per stream)' if streams else ''}; "
             f"got --concurrency {args.concurrency} with {streams} streams"
@@ -299,8 +338,9 @@ def run(args: argparse.Namespace) -> int:
             schedule_of(args),
             args.slo_p99_ms,
             args.max_error_rate,
-            connections=args.connections,
+            connections=connections_of(args),
             streams=streams,
+            processes=args.processes,
         )
     )
     text = json.dumps(result, indent=2)

@@ -1,13 +1,14 @@
 """The benches still run end to end: short runs of `bench/perf.py`, `bench/ab.py`,
-`bench/run_place.py`, `bench/capacity_streams.py`, `bench/request_path.py` and
-`bench/instructions.py`.
+`bench/run_place.py`, `bench/capacity_streams.py`, `bench/workers.py`, `bench/request_path.py`
+and `bench/instructions.py`.
 
 Figures are not judged here (speed is measured by the benches, never asserted in tests); what is
 checked is that every part a user reads comes out: for perf.py, each served point without errors,
 the ONNX Runtime ceiling, and each paired target with one ratio per round and a verdict; for
 ab.py, both sides of every round and the median, with a reference server as a side too; for
 run_place.py, every figure of both sides; for capacity_streams.py, both searches and both ratios;
-for request_path.py, the three handlers' figures; for instructions.py, a count for every step.
+for workers.py, both servers' points and the two ratios, with the load from two processes; for
+request_path.py, the three handlers' figures; for instructions.py, a count for every step.
 """
 
 from __future__ import annotations
@@ -145,6 +146,22 @@ def test_capacity_streams_runs_both_searches_and_reports_their_ratios() -> None:
     for what in ("peak req/s", "energy per million predictions"):
         [line] = [x for x in run.stdout.splitlines() if x.startswith(f"streams ÷ unary, {what}")]
         assert float(line.split("median ")[1].split()[0]) > 0, line
+
+
+def test_workers_compares_two_workers_with_one_process_under_load_from_two_processes() -> None:
+    run = bench(
+        "workers.py",
+        *("--rounds", "1", "--cases", "tabular", "--window-s", "0.5", "--processes", "2"),
+        *("--concurrency", "8", "--connections", "4"),
+    )
+    assert "over 4 connections from 2 load generator process(es)" in run.stdout
+    points = [line.split(" | ") for line in run.stdout.splitlines() if line.startswith("| 1 |")]
+    assert [row[1] for row in points] == ["1", "2"], run.stdout
+    for row in points:
+        requests_per_s, server_cores, load_cores, errors = map(float, (row[3], *row[6:9]))
+        assert requests_per_s > 0 and server_cores > 0 and load_cores > 0 and errors == 0, row
+    [ratios] = [x for x in run.stdout.splitlines() if x.startswith("| tabular 1 row |")]
+    assert all(float(cell) > 0 for cell in ratios.strip(" |").split(" | ")[1:]), ratios
 
 
 def test_request_path_compares_the_servicer_with_echo_and_minimal_in_process() -> None:
