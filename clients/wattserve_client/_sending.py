@@ -155,11 +155,17 @@ async def stream_closed(
             await send(message)
         async for response in call:
             answered = sent.pop(response.infer_response.id, None)
-            if answered is None:
+            if answered is not None:
+                started_ns, message = answered
+                calls.record(started_ns, response.error_message or None)
+            else:
                 calls.record(time.perf_counter_ns(), unknown(response.infer_response.id))
-                continue
-            started_ns, message = answered
-            calls.record(started_ns, response.error_message or None)
+                if not sent:
+                    continue
+                # A request in flight was answered under a wrong id, most likely the oldest:
+                # its slot is free again (counted once, as the error above), so the loop goes
+                # on, and ends once the server has answered as many messages as it was sent.
+                _, message = sent.pop(next(iter(sent)))
             if not stop.is_set():
                 await send(message)
             elif not sent:

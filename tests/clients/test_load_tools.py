@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -399,3 +400,24 @@ async def test_an_open_loop_counts_answers_with_unknown_ids_as_errors_and_ends()
     unknown = "client: an answer with id 'bogus', which no request in flight has"
     ended = "client: the server ended the stream before answering"
     assert set(m.error_messages) == {unknown, ended}, m.error_messages
+
+
+async def test_a_stream_closed_loop_goes_on_and_ends_when_every_answer_has_an_unknown_id() -> None:
+    server = grpc.aio.server()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(WrongIds(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    request = infer_request("tabular_classifier", {"features": np.ones((1, 30), np.float32)})
+    schedule = Schedule(0.2, 0.5, 1, 1, -1.0)  # the streams' deadline is over 30 s away
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            started = time.monotonic()
+            m = await stream_closed_loop(stub, request, concurrency=8, schedule=schedule, streams=2)
+            elapsed = time.monotonic() - started
+    finally:
+        await server.stop(None)
+    assert elapsed < 10, "the loop waited for answers the server no longer owed"
+    assert m.requests == 0 and m.errors > 8, "each answer should have freed a slot to send again"
+    unknown = "client: an answer with id 'bogus', which no request in flight has"
+    assert m.error_messages == {unknown: m.error_messages[unknown]}, m.error_messages
