@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -133,6 +134,9 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    # Ctrl-C reaches the whole process group; the parent decides when its agents stop (it tells
+    # them, or its end closes their stdin).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         asyncio.run(main())
     except* (asyncio.IncompleteReadError, ConnectionError):
