@@ -12,7 +12,9 @@ printed while it runs, by this code or a library, goes to stderr.
                                       <-     ("ready",)
     ("clock",)                        ->
                                       <-     ("clock", perf_counter_ns)
-    ("load", kind, request, options)  ->     starts the senders (kind: "unary", "stream", "open")
+    ("load", kind, request, options)  ->     starts the senders (kind: "unary", "stream", "open";
+                                             an open loop's first send is due at options'
+                                             start_ns, in its own clock)
                                       <-     ("started",)
     ("mark",)                         ->     its CPU clock starts a window
                                       <-     ("marked",)
@@ -23,13 +25,13 @@ printed while it runs, by this code or a library, goes to stderr.
     ("exit",)                         ->     closes its connections and exits
 
 "exit" during a load stops it first; so does the end of stdin (the parent has gone), silently.
+An agent runs in a session of its own, so a terminal's Ctrl-C reaches only its parent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 import time
 from typing import Any
@@ -74,7 +76,8 @@ def build(kind: str, stubs: list[Any], request: Any, options: dict[str, Any]) ->
             streams=options["streams"],
             max_in_flight=options["max_in_flight"],
             metadata=metadata,
-            phase_s=options["phase_s"],
+            phase_s=max(0.0, (options["start_ns"] - time.perf_counter_ns()) / 1e9),
+            overflow=options["overflow"],
         )
     raise ValueError(f"unknown load kind {kind!r}")
 
@@ -95,6 +98,8 @@ async def serve_load(
                 await send(writer, ("marked",))
             elif command[0] == "cut":
                 _, start_ns, end_ns = command
+                # An offset estimated a little high could put the end in our future.
+                await asyncio.sleep(max(0, end_ns - time.perf_counter_ns()) / 1e9)
                 latencies, errors = load.calls.cut(start_ns, end_ns)
                 now = time.process_time()
                 await send(writer, ("window", latencies, errors, now - cpu_s))
@@ -134,9 +139,6 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    # Ctrl-C reaches the whole process group; the parent decides when its agents stop (it tells
-    # them, or its end closes their stdin).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         asyncio.run(main())
     except* (asyncio.IncompleteReadError, ConnectionError):

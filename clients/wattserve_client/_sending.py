@@ -142,6 +142,8 @@ async def stream_closed(
     # interceptors queue the writes. The caller's request stays as it is.
     copies = [type(request)() for _ in range(in_flight)]
     sent: dict[str, tuple[int, Any]] = {}
+    written_off: set[str] = set()
+    """Requests whose slots an answer under an unknown id freed: their own answers are dropped."""
     numbers = itertools.count()
 
     async def send(message: Any) -> None:
@@ -158,6 +160,9 @@ async def stream_closed(
             if answered is not None:
                 started_ns, message = answered
                 calls.record(started_ns, response.error_message or None)
+            elif response.infer_response.id in written_off:
+                written_off.discard(response.infer_response.id)
+                continue
             else:
                 calls.record(time.perf_counter_ns(), unknown(response.infer_response.id))
                 if not sent:
@@ -165,7 +170,10 @@ async def stream_closed(
                 # A request in flight was answered under a wrong id, most likely the oldest:
                 # its slot is free again (counted once, as the error above), so the loop goes
                 # on, and ends once the server has answered as many messages as it was sent.
-                _, message = sent.pop(next(iter(sent)))
+                # Should the oldest's own answer come after all, it is dropped.
+                oldest = next(iter(sent))
+                written_off.add(oldest)
+                _, message = sent.pop(oldest)
             if not stop.is_set():
                 await send(message)
             elif not sent:

@@ -147,7 +147,7 @@ async def search(
                 metadata=target.metadata,
                 cpu_probes=[load_generator_cpu],
             )
-            p = point("offered_per_s", rate, m, rows) | {"role": role}
+            p = point("offered_per_s", rate, m, rows, processes) | {"role": role}
             p["every_window_within_slo"] = all(
                 w.latencies_ns.size and np.percentile(w.latencies_ns, 99) / 1e6 <= args.slo_p99_ms
                 for w in m.windows

@@ -168,6 +168,10 @@ def _table(steps: list[dict[str, Any]]) -> str:
         gpu = util.get("gpu_utilization")
         cores = s.get("load_generator_cpu_cores")
         busy = " class='fail'" if s.get("load_generator_busy") else ""
+        busiest = s.get("load_generator_busiest_process_cores", cores)
+        cores_text = "" if cores is None else f"{cores:.2f}"
+        if cores is not None and busiest != cores:
+            cores_text += f" (busiest process {busiest:.2f})"
         latency = s["latency_ms"]
         rows.append(
             f"<tr><td>{escape(s['role'])}</td><td>{s['offered_per_s']:,.1f}</td>"
@@ -176,7 +180,7 @@ def _table(steps: list[dict[str, Any]]) -> str:
             f"<td>{latency['p99']:.2f}</td><td>{s['errors']}</td>"
             f"<td>{'' if cpu is None else f'{cpu:.0%}'}</td>"
             f"<td>{'absent' if gpu is None else f'{gpu:.0%}'}</td>"
-            f"<td{busy}>{'' if cores is None else f'{cores:.2f}'}</td>"
+            f"<td{busy}>{escape(cores_text)}</td>"
             f"<td class='{'' if s['passed'] else 'fail'}'>{'pass' if s['passed'] else 'fail'}</td>"
             "</tr>"
         )

@@ -8,15 +8,17 @@ about one core of server. A server with several workers, or on a bigger machine,
 Each opens its share of the connections and runs its share of every load, and this process keeps
 the clock. It measures each agent's clock offset at start, cuts every agent's windows at the same
 instants, pools what completed, and applies the stability rule to the pooled windows. A
-measurement from a fleet reads exactly like one from `loadgen`, the load generator's CPU
-included: the agents' CPU is summed under LOAD_GENERATOR, and the busiest agent's is kept under
-LOAD_GENERATOR_BUSIEST, because one process near a full core is what limits a fleet.
+measurement from a fleet reads like one from `loadgen`, the load generator's CPU included: this
+process's and the agents' CPU are summed under LOAD_GENERATOR, and the busiest agent's is kept
+under LOAD_GENERATOR_BUSIEST, because one process near a full core is what limits a fleet. One
+figure differs: `in_flight_max` is the sum of the agents' maxima, an upper bound of the true one.
 
 How a load is shared: connection k belongs to agent k mod P (so there must be at least as many
 connections as processes). Unary calls take turns over the connections, so an agent's share of
 the requests in flight, or of the rate, is its share of the connections. Stream j is opened on
 connection j mod C, so an agent's share of a streamed load is its share of the streams. The
-agents' open-loop schedules are staggered by one interval each, so their sends interleave.
+agents' open-loop schedules start at one instant (in each agent's clock), staggered by one
+interval of the whole rate each, so their sends interleave.
 
 `load_generator` gives either kind behind the same two methods, `closed_loop` and `open_loop`,
 with a `stub` of this process's own for set-up calls (metadata, the payload check, a probe).
@@ -57,6 +59,9 @@ LOAD_GENERATOR_BUSIEST = "load_generator_busiest"
 """CPU label: the busiest load generator process, in cores."""
 AGENT_EXIT_S = 10.0
 """How long an agent may take to close its connections and exit before it is killed."""
+START_MARGIN_NS = 50_000_000
+"""An open loop's agents start sending this long after the parent hands out the load, so that
+every agent has its orders before the common start."""
 
 
 class FleetError(RuntimeError):
@@ -94,6 +99,7 @@ class _Agent:
             "wattserve_client._agent",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,  # a terminal's Ctrl-C goes to the parent, which stops them
         )
         agent = cls(number, process, connections)
         await agent.ask(("hello", address, connections), "ready")
@@ -105,7 +111,7 @@ class _Agent:
         try:
             await send(self._process.stdin, command)
             reply = await receive(self._process.stdout)
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+        except (asyncio.IncompleteReadError, ConnectionError, pickle.UnpicklingError) as exc:
             code = await self._ended()
             raise FleetError(
                 f"load generator process {self.number} (pid {self._process.pid}) exited with "
@@ -131,11 +137,17 @@ class _Agent:
         return quickest[1]
 
     async def _ended(self) -> int | None:
+        """Its exit code, once it has exited; it is killed after AGENT_EXIT_S. What it still
+        writes is read and dropped meanwhile, so that a pipe full of an unread window cannot keep
+        it from reading its "exit"."""
+        assert self._process.stdout is not None
         try:
-            return await asyncio.wait_for(self._process.wait(), AGENT_EXIT_S)
+            await asyncio.wait_for(
+                asyncio.gather(self._process.stdout.read(), self._process.wait()), AGENT_EXIT_S
+            )
         except TimeoutError:
             self._process.kill()
-            return await self._process.wait()
+        return await self._process.wait()
 
     async def close(self) -> None:
         if self._process.returncode is None and self._process.stdin is not None:
@@ -151,6 +163,8 @@ class Fleet:
 
     def __init__(self, agents: list[_Agent], stub: Any) -> None:
         self._agents = agents
+        self._failure: BaseException | None = None
+        """What interrupted a load: the agents may be in the middle of one, so none starts."""
         self.processes = len(agents)
         self.connections = sum(a.connections for a in agents)
         self.stub = stub
@@ -206,14 +220,17 @@ class Fleet:
                 f"need at least one stream per connection ({self.connections}), got {streams}"
             )
         units = streams or self.connections
+        start_ns = time.perf_counter_ns() + START_MARGIN_NS
         loads = []
         for number, owned in enumerate(self._owners(units)):
             weight = owned / units
+            stagger_ns = round(number * 1e9 / rate_per_s)
             options = {
                 "rate_per_s": rate_per_s * weight,
                 "streams": owned if streams else 0,
                 "max_in_flight": max(1, math.ceil(max_in_flight * weight)),
-                "phase_s": number / rate_per_s,
+                "overflow": f"client: more than {max_in_flight} in flight",
+                "start_ns": start_ns + stagger_ns + self._agents[number].offset_ns,
                 "deadline_s": stream_deadline_s(schedule),
             }
             loads.append(("open", options))
@@ -227,7 +244,25 @@ class Fleet:
         schedule: Schedule,
         cpu_probes: Sequence[CpuProbe],
     ) -> Measurement:
+        if self._failure is not None:
+            raise FleetError("the load generator processes failed in an earlier load") from (
+                self._failure
+            )
         data = request.SerializeToString()
+        try:
+            return await self._measure(data, loads, metadata, schedule, cpu_probes)
+        except BaseException as exc:
+            self._failure = exc
+            raise
+
+    async def _measure(
+        self,
+        data: bytes,
+        loads: list[tuple[str, dict[str, Any]]],
+        metadata: Sequence[tuple[str, str]],
+        schedule: Schedule,
+        cpu_probes: Sequence[CpuProbe],
+    ) -> Measurement:
         await self._each(
             lambda agent, number: (
                 "load",
@@ -263,10 +298,16 @@ class Fleet:
         return Window(start_ns, end_ns, latencies, sum(a[2] for a in answers), cpu)
 
     async def _each(self, command: Any, answer: str) -> list[tuple[Any, ...]]:
-        """Ask every agent at once: `command(agent, number)` is what to ask it."""
-        return await asyncio.gather(
-            *(a.ask(command(a, n), answer) for n, a in enumerate(self._agents))
+        """Ask every agent at once: `command(agent, number)` is what to ask it. Every agent's
+        answer is awaited before the first failure is raised."""
+        answers = await asyncio.gather(
+            *(a.ask(command(a, n), answer) for n, a in enumerate(self._agents)),
+            return_exceptions=True,
         )
+        for each in answers:
+            if isinstance(each, BaseException):
+                raise each
+        return answers  # type: ignore[return-value]
 
 
 def dealt(

@@ -248,9 +248,11 @@ def open_load(
     max_in_flight: int = 10_000,
     metadata: Sequence[tuple[str, str]] = (),
     phase_s: float = 0.0,
+    overflow: str = "",
 ) -> Load:
     """`rate_per_s` requests a second on a fixed schedule (the first `phase_s` after the start),
-    as unary calls or dealt out in turn over `streams` ModelStreamInfer streams."""
+    as unary calls or dealt out in turn over `streams` ModelStreamInfer streams. `overflow`: the
+    failure of a request refused past `max_in_flight` (default: names `max_in_flight`)."""
     if rate_per_s <= 0:
         raise ValueError(f"rate_per_s must be > 0, got {rate_per_s}")
     stubs = as_list(stubs)
@@ -265,7 +267,7 @@ def open_load(
     stop = asyncio.Event()
     interval_ns = 1e9 / rate_per_s
     pending: set[asyncio.Task[None]] = set()
-    overflow = f"client: more than {max_in_flight} in flight"
+    overflow = overflow or f"client: more than {max_in_flight} in flight"
 
     def send(scheduled: int) -> None:
         if not lanes:

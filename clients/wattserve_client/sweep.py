@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import csv
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,13 +64,20 @@ async def build_request(stub: Any, target: Target) -> Any:
     return request
 
 
-def point(label: str, value: float, m: Measurement, rows: int) -> dict[str, Any]:
+def point(
+    label: str, value: float, m: Measurement, rows: int, processes: int = 1
+) -> dict[str, Any]:
     """One step of a sweep or a search as JSON: throughput, latency percentiles, errors, and the
-    load generator's own CPU where it was probed (`load_generator_cpu`): all its processes, and
-    the busiest one, whose single core is what limits it."""
+    load generator's own CPU where it was probed (`load_generator_cpu`): all its `processes`,
+    and the busiest one. It counts as busy when that one is near a full core, or all of them
+    near the cores they may use (several processes pinned to one core, say)."""
     cores = m.cpu_cores(LOAD_GENERATOR)
     busiest = m.cpu_cores(LOAD_GENERATOR_BUSIEST)
     busiest = cores if busiest is None else busiest
+    usable = min(processes, len(os.sched_getaffinity(0)))
+    busy = False
+    if cores is not None and busiest is not None:
+        busy = busiest >= BUSY_CORES or cores >= BUSY_CORES * usable
     return {
         label: value,
         "requests_per_s": m.requests_per_s,
@@ -85,7 +93,7 @@ def point(label: str, value: float, m: Measurement, rows: int) -> dict[str, Any]
         "windows": m.windows_run,
         "load_generator_cpu_cores": cores,
         "load_generator_busiest_process_cores": busiest,
-        "load_generator_busy": busiest is not None and busiest >= BUSY_CORES,
+        "load_generator_busy": busy,
     }
 
 
@@ -103,10 +111,11 @@ MORE_CPU = "more CPU (more --processes on cores of their own, another machine)"
 
 def busy_cores(p: dict[str, Any]) -> str:
     """How busy the load generator was at a step: "0.95 cores", or with several processes
-    "0.95 cores in its busiest process"."""
-    busiest = p["load_generator_busiest_process_cores"]
-    several = busiest != p["load_generator_cpu_cores"]
-    return f"{busiest:.2f} cores" + (" in its busiest process" if several else "")
+    "1.40 cores, 0.71 in its busiest process"."""
+    cores, busiest = p["load_generator_cpu_cores"], p["load_generator_busiest_process_cores"]
+    return f"{cores:.2f} cores" + (
+        f", {busiest:.2f} in its busiest process" if busiest != cores else ""
+    )
 
 
 def busy_note(p: dict[str, Any]) -> str:
@@ -152,7 +161,7 @@ async def sweep(
                 metadata=target.metadata,
                 cpu_probes=[load_generator_cpu],
             )
-            points.append(point("concurrency", concurrency, m, target.shape.rows))
+            points.append(point("concurrency", concurrency, m, target.shape.rows, processes))
             print(_row(points[-1]), file=sys.stderr)
     passing = [p for p in points if within_slo(p, slo_p99_ms, max_error_rate)]
     peak = max(passing, key=lambda p: p["requests_per_s"], default=None)
@@ -290,7 +299,7 @@ def transport_mode(streams: int, processes: int = 1) -> str:
 
 def connections_of(args: argparse.Namespace) -> int:
     """The TCP connections in effect: --connections, by default one per process."""
-    return int(args.connections or args.processes)
+    return int(args.processes if args.connections is None else args.connections)
 
 
 def streams_of(args: argparse.Namespace) -> int:

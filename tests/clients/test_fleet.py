@@ -4,18 +4,41 @@ real server over loopback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 
 from tests.clients.test_load_tools import QUICK, capacity, wattserve
-from wattserve_client.fleet import LOAD_GENERATOR_BUSIEST, FleetError, load_generator
-from wattserve_client.loadgen import LOAD_GENERATOR, Schedule, load_generator_cpu
-from wattserve_client.sweep import Target, build_request
+from wattserve_client.fleet import LOAD_GENERATOR_BUSIEST, FleetError, dealt, load_generator
+from wattserve_client.loadgen import (
+    LOAD_GENERATOR,
+    Measurement,
+    Schedule,
+    Window,
+    load_generator_cpu,
+    shares,
+)
+from wattserve_client.sweep import Target, build_request, point
+
+
+@contextlib.contextmanager
+def patch_affinity(cores: set[int]) -> Iterator[None]:
+    """This process pinned to `cores` for a while."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def agents_of(me: psutil.Process) -> list[psutil.Process]:
@@ -61,8 +84,8 @@ async def test_a_fleet_deals_connections_and_load_to_its_processes_and_pools_the
     # Open loop: the rate is shared out, and the pooled windows deliver all of it.
     assert opened.errors == 0, opened.error_messages
     assert opened.requests_per_s == pytest.approx(400, rel=0.1)
-    for window in opened.windows:  # every agent's completions fall in the parent's windows
-        assert window.requests_per_s == pytest.approx(400, rel=0.15)
+    for window in opened.windows:  # both agents' completions fall in the parent's windows
+        assert window.requests_per_s > 0.7 * 400, "one agent's share (half) is missing"
     assert agents_of(me) == []
 
 
@@ -74,7 +97,7 @@ async def test_a_fleet_whose_process_dies_fails_with_its_name_and_stops_the_othe
     with pytest.raises(
         FleetError,
         match=r"load generator process \d \(pid \d+\) exited with "
-        r"code -9 at 'cut'",
+        r"code -9 at '(mark|cut)'",
     ):
         async with load_generator(address, connections=2, processes=2) as loads:
             request = await build_request(loads.stub, Target(address, "tabular_classifier"))
@@ -132,3 +155,49 @@ def test_more_processes_than_connections_are_refused(
             refused.stderr
         )
         assert refusal in refused.stderr
+
+
+@pytest.mark.parametrize("connections", range(1, 9))
+def test_every_process_owns_a_connection_a_stream_on_each_and_a_request_on_each_stream(
+    connections: int,
+) -> None:
+    for processes in range(1, connections + 1):
+        owned = dealt(connections, connections, processes)
+        assert sum(owned) == connections and min(owned) >= 1
+        for streams in range(connections, 3 * connections + 2):
+            mine = dealt(streams, connections, processes)
+            assert sum(mine) == streams
+            assert all(s >= c for s, c in zip(mine, owned, strict=True)), (streams, mine, owned)
+            for concurrency in range(streams, streams + 7):
+                in_flight = dealt(streams, connections, processes, shares(concurrency, streams))
+                assert sum(in_flight) == concurrency
+                assert all(n >= s for n, s in zip(in_flight, mine, strict=True))
+
+
+def test_an_agent_whose_parent_has_gone_exits_quietly() -> None:
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "wattserve_client._agent"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert agent.stdin is not None and agent.stderr is not None
+    agent.stdin.close()  # what a parent's death looks like from the agent
+    code = agent.wait(timeout=30)
+    stderr = agent.stderr.read().decode()
+    assert code == 0 and stderr == "", stderr
+
+
+def test_processes_sharing_one_core_are_busy_together() -> None:
+    """Two processes pinned to one core each use half of it: neither is near a full core, but
+    together they have no more to give."""
+    window = Window(0, 10**9, np.ones(5, np.int64), 0, {LOAD_GENERATOR: 0.95})
+    window.cpu_cores[LOAD_GENERATOR_BUSIEST] = 0.48
+    m = Measurement(windows=[window], stable=True, windows_run=1)
+    with patch_affinity({0}):
+        on_one_core = point("concurrency", 8, m, 1, processes=2)
+    assert on_one_core["load_generator_busiest_process_cores"] == 0.48
+    assert on_one_core["load_generator_busy"]
+    # With a core each (where the machine has two), they had half of their CPU left.
+    on_every_core = point("concurrency", 8, m, 1, processes=2)
+    assert on_every_core["load_generator_busy"] is (len(os.sched_getaffinity(0)) < 2)
