@@ -1,6 +1,6 @@
 """The benches still run end to end: short runs of `bench/perf.py`, `bench/ab.py`,
-`bench/run_place.py`, `bench/capacity_streams.py`, `bench/workers.py`, `bench/request_path.py`
-and `bench/instructions.py`.
+`bench/run_place.py`, `bench/capacity_streams.py`, `bench/workers.py`, `bench/ort_cold.py`,
+`bench/request_path.py` and `bench/instructions.py`.
 
 Figures are not judged here (speed is measured by the benches, never asserted in tests); what is
 checked is that every part a user reads comes out: for perf.py, each served point without errors,
@@ -8,7 +8,8 @@ the ONNX Runtime ceiling, and each paired target with one ratio per round and a 
 ab.py, both sides of every round and the median, with a reference server as a side too; for
 run_place.py, every figure of both sides; for capacity_streams.py, both searches and both ratios;
 for workers.py, both servers' points and the two ratios, with the load from two processes; for
-request_path.py, the three handlers' figures; for instructions.py, a count for every step.
+ort_cold.py, a row per amount of memory read; for request_path.py, the three handlers' figures;
+for instructions.py, a count for every step.
 """
 
 from __future__ import annotations
@@ -162,6 +163,16 @@ def test_workers_compares_two_workers_with_one_process_under_load_from_two_proce
         assert requests_per_s > 0 and server_cores > 0 and load_cores > 0 and errors == 0, row
     [ratios] = [x for x in run.stdout.splitlines() if x.startswith("| tabular 1 row |")]
     assert all(float(cell) > 0 for cell in ratios.strip(" |").split(" | ")[1:]), ratios
+
+
+def test_ort_cold_times_warm_and_cold_runs_for_every_amount_of_memory() -> None:
+    run = bench("ort_cold.py", "--runs", "5", "--megabytes", "0,2")
+    rows = [line.split(" | ") for line in run.stdout.splitlines() if " MB | " in line]
+    assert [row[0] for row in rows] == ["| 0 MB", "| 2 MB"], run.stdout
+    for row in rows:
+        warm, cold = float(row[1]), float(row[2])
+        assert warm > 0 and cold > 0, row
+        assert row[3].strip(" |")[0] in "+-", row
 
 
 def test_request_path_compares_the_servicer_with_echo_and_minimal_in_process() -> None:
