@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import pickle
 import sys
@@ -51,6 +52,7 @@ from wattserve_client.loadgen import (
     measurement,
     open_loop,
     open_stubs,
+    refuse,
     shares,
     stream_deadline_s,
 )
@@ -186,13 +188,8 @@ class Fleet:
         cpu_probes: Sequence[CpuProbe] = (),
     ) -> Measurement:
         """`loadgen.closed_loop` over the agents, the in-flight requests shared out."""
+        refuse(self.connections, streams=streams, concurrency=concurrency)
         units = streams or self.connections
-        if streams and streams < self.connections:
-            raise ValueError(
-                f"need at least one stream per connection ({self.connections}), got {streams}"
-            )
-        if concurrency < max(streams, 1):
-            raise ValueError(f"concurrency must be >= {max(streams, 1)}, got {concurrency}")
         in_flight = self._owners(units, shares(concurrency, units))
         kind = "stream" if streams else "unary"
         loads = [
@@ -213,12 +210,7 @@ class Fleet:
         cpu_probes: Sequence[CpuProbe] = (),
     ) -> Measurement:
         """`loadgen.open_loop` over the agents, the rate shared out."""
-        if rate_per_s <= 0:
-            raise ValueError(f"rate_per_s must be > 0, got {rate_per_s}")
-        if streams and streams < self.connections:
-            raise ValueError(
-                f"need at least one stream per connection ({self.connections}), got {streams}"
-            )
+        refuse(self.connections, streams=streams, rate_per_s=rate_per_s)
         units = streams or self.connections
         start_ns = time.perf_counter_ns() + START_MARGIN_NS
         loads = []
@@ -323,7 +315,7 @@ def dealt(
 
 
 class InProcess:
-    """The load generator in this process: `loadgen`'s loops on `stubs`."""
+    """The load generator in this process: `loadgen`'s loops, bound to `stubs`."""
 
     processes = 1
 
@@ -331,48 +323,8 @@ class InProcess:
         self.stubs = stubs
         self.connections = len(stubs)
         self.stub = stubs[0]
-
-    async def closed_loop(
-        self,
-        request: Any,
-        *,
-        concurrency: int,
-        schedule: Schedule,
-        streams: int = 0,
-        metadata: Sequence[tuple[str, str]] = (),
-        cpu_probes: Sequence[CpuProbe] = (),
-    ) -> Measurement:
-        return await closed_loop(
-            self.stubs,
-            request,
-            concurrency=concurrency,
-            schedule=schedule,
-            streams=streams,
-            metadata=metadata,
-            cpu_probes=cpu_probes,
-        )
-
-    async def open_loop(
-        self,
-        request: Any,
-        *,
-        rate_per_s: float,
-        schedule: Schedule,
-        streams: int = 0,
-        max_in_flight: int = 10_000,
-        metadata: Sequence[tuple[str, str]] = (),
-        cpu_probes: Sequence[CpuProbe] = (),
-    ) -> Measurement:
-        return await open_loop(
-            self.stubs,
-            request,
-            rate_per_s=rate_per_s,
-            schedule=schedule,
-            streams=streams,
-            max_in_flight=max_in_flight,
-            metadata=metadata,
-            cpu_probes=cpu_probes,
-        )
+        self.closed_loop = functools.partial(closed_loop, stubs)
+        self.open_loop = functools.partial(open_loop, stubs)
 
 
 @contextlib.asynccontextmanager

@@ -186,12 +186,30 @@ class Load:
         return Window(start_ns, end_ns, latencies, errors, cpu)
 
 
+def refuse(
+    connections: int,
+    *,
+    streams: int = 0,
+    concurrency: int | None = None,
+    rate_per_s: float | None = None,
+) -> None:
+    """Raise ValueError for a load that cannot be sent on `connections`: fewer streams than
+    connections, fewer requests in flight than streams (or than one), a rate that is not
+    positive. Every way of sending (here, and `fleet.Fleet`) asks this before it starts."""
+    if streams < 0 or 0 < streams < connections:
+        raise ValueError(f"need at least one stream per connection ({connections}), got {streams}")
+    if concurrency is not None and concurrency < max(streams, 1):
+        each = " (one per stream)" if streams else ""
+        raise ValueError(f"concurrency must be >= {max(streams, 1)}{each}, got {concurrency}")
+    if rate_per_s is not None and rate_per_s <= 0:
+        raise ValueError(f"rate_per_s must be > 0, got {rate_per_s}")
+
+
 def unary_closed_load(
     stubs: Any, request: Any, *, concurrency: int, metadata: Sequence[tuple[str, str]] = ()
 ) -> Load:
     """`concurrency` workers, each sending a unary call as soon as its last one is answered."""
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    refuse(len(as_list(stubs)), concurrency=concurrency)
     calls = Calls(stubs, request, metadata)
     stop = asyncio.Event()
 
@@ -215,10 +233,7 @@ def stream_closed_load(
     opened on the stubs in turn, the requests shared out evenly."""
     stubs = as_list(stubs)
     streams = streams or len(stubs)
-    if streams < len(stubs):
-        raise ValueError(f"need at least one stream per connection ({len(stubs)}), got {streams}")
-    if concurrency < streams:
-        raise ValueError(f"concurrency must be >= {streams} (one per stream), got {concurrency}")
+    refuse(len(stubs), streams=streams, concurrency=concurrency)
     calls = Calls(stubs, request, metadata)
     calls.in_flight_max = concurrency
     stop = asyncio.Event()
@@ -253,11 +268,8 @@ def open_load(
     """`rate_per_s` requests a second on a fixed schedule (the first `phase_s` after the start),
     as unary calls or dealt out in turn over `streams` ModelStreamInfer streams. `overflow`: the
     failure of a request refused past `max_in_flight` (default: names `max_in_flight`)."""
-    if rate_per_s <= 0:
-        raise ValueError(f"rate_per_s must be > 0, got {rate_per_s}")
     stubs = as_list(stubs)
-    if streams < 0 or 0 < streams < len(stubs):
-        raise ValueError(f"need at least one stream per connection ({len(stubs)}), got {streams}")
+    refuse(len(stubs), streams=streams, rate_per_s=rate_per_s)
     calls = Calls(stubs, request, metadata)
     lanes = [
         OpenStream(stubs[i % len(stubs)], request, calls, metadata, deadline_s)
