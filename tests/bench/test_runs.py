@@ -1,6 +1,6 @@
 """The benches still run end to end: short runs of `bench/perf.py`, `bench/ab.py`,
 `bench/run_place.py`, `bench/capacity_streams.py`, `bench/workers.py`, `bench/ort_cold.py`,
-`bench/request_path.py` and `bench/instructions.py`.
+`bench/lone_request.py`, `bench/request_path.py` and `bench/instructions.py`.
 
 Figures are not judged here (speed is measured by the benches, never asserted in tests); what is
 checked is that every part a user reads comes out: for perf.py, each served point without errors,
@@ -8,7 +8,8 @@ the ONNX Runtime ceiling, and each paired target with one ratio per round and a 
 ab.py, both sides of every round and the median, with a reference server as a side too; for
 run_place.py, every figure of both sides; for capacity_streams.py, both searches and both ratios;
 for workers.py, both servers' points and the two ratios, with the load from two processes; for
-ort_cold.py, a row per amount of memory read; for request_path.py, the three handlers' figures;
+ort_cold.py, a row per amount of memory read; for lone_request.py, every figure of each round
+and the differences drawn from them; for request_path.py, the three handlers' figures;
 for instructions.py, a count for every step.
 """
 
@@ -116,6 +117,41 @@ def test_ab_runs_the_reference_servers_as_sides() -> None:
     assert float(echo[1]) > 0 and echo[3] == "-" and echo[4].rstrip(" |") == "0", echo
     assert float(batching[1]) > 0 and float(batching[3]) >= 1, batching
     assert "B ÷ A, median of 1 rounds: " in run.stdout
+
+
+def test_echo_does_the_work_it_is_given_before_answering() -> None:
+    """Echo reading 48 MB a call against echo spinning as long: both spend well over a plain
+    echo call's CPU (a few hundred µs) on each call, so the work was done, one way or the other."""
+    run = bench(
+        "ab.py",
+        *("--a", "echo --read-mb 48", "--b", "echo --spin-mb 48", "--model", "dense"),
+        *("--concurrency", "1", "--rounds", "1", "--warmup-s", "0.3", "--window-s", "1"),
+    )
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in run.stdout.splitlines()}
+    for side in rows["| A"], rows["| B"]:
+        assert float(side[1]) > 0 and side[4].rstrip(" |") == "0", side
+        assert float(side[2]) > 1000, side  # server µs per call: a 48 MB read takes over 1 ms
+    assert "B ÷ A, median of 1 rounds: " in run.stdout
+
+
+def test_lone_request_times_the_run_in_process_and_in_both_places() -> None:
+    """Per round: the in-process run, and for each server its run and whole request (the run
+    inside the request) and the round trip (the request inside it); the paired differences are
+    those of the rounds."""
+    run = bench("lone_request.py", "--rounds", "2", "--requests", "40")
+    rows = [
+        [float(v) for v in line.strip("| ").split(" | ")]
+        for line in run.stdout.splitlines()
+        if line.startswith("| ") and line[2].isdigit()
+    ]
+    assert len(rows) == 2, run.stdout
+    for in_process, *places in rows:
+        assert in_process > 0
+        for infer, success, p50 in (places[0:3], places[3:6]):
+            assert 0 < infer <= success < p50, (infer, success, p50)
+    handoffs = sorted(row[1] - row[4] for row in rows)
+    handoff = float(run.stdout.split("(thread minus loop): ")[1].split()[0])
+    assert handoff == pytest.approx(sum(handoffs) / 2, abs=0.0011), run.stdout
 
 
 def test_run_place_measures_both_models_on_both_sides() -> None:
