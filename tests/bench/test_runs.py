@@ -44,6 +44,11 @@ def bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     return run
 
 
+def figure(stdout: str, label: str) -> float:
+    """The number printed right after `label`."""
+    return float(stdout.split(label)[1].split()[0])
+
+
 def test_perf_runs_and_reports_every_target(tmp_path: Path) -> None:
     results = tmp_path / "perf.json"
     run = bench("perf.py", *SHORT, "--json", str(results))
@@ -135,9 +140,9 @@ def test_echo_does_the_work_it_is_given_before_answering() -> None:
 
 
 def test_lone_request_times_the_run_in_process_and_in_both_places() -> None:
-    """Per round: the in-process run, and for each server its run and whole request (the run
-    inside the request) and the round trip (the request inside it); the paired differences are
-    those of the rounds."""
+    """Per round: the in-process run, echo's round trip, and for each server its run and whole
+    request (the run inside the request) and the round trip (the request inside it, and longer
+    than echo's, which runs no model); the paired differences are those of the rounds."""
     run = bench("lone_request.py", "--rounds", "2", "--requests", "40")
     rows = [
         [float(v) for v in line.strip("| ").split(" | ")]
@@ -145,13 +150,18 @@ def test_lone_request_times_the_run_in_process_and_in_both_places() -> None:
         if line.startswith("| ") and line[2].isdigit()
     ]
     assert len(rows) == 2, run.stdout
-    for in_process, *places in rows:
-        assert in_process > 0
+    for in_process, echo, *places in rows:
+        assert in_process > 0 and echo > 0
         for infer, success, p50 in (places[0:3], places[3:6]):
             assert 0 < infer <= success < p50, (infer, success, p50)
-    handoffs = sorted(row[1] - row[4] for row in rows)
-    handoff = float(run.stdout.split("(thread minus loop): ")[1].split()[0])
-    assert handoff == pytest.approx(sum(handoffs) / 2, abs=0.0011), run.stdout
+            assert p50 > echo, (p50, echo)
+    handoffs = [row[2] - row[5] for row in rows]
+    assert figure(run.stdout, "(thread minus loop): ") == pytest.approx(
+        sum(handoffs) / 2, abs=0.0011
+    )
+    beyond = [row[4] - row[1] - row[0] for row in rows]
+    label = "on the thread, p50 minus echo's p50 minus the in-process run: "
+    assert figure(run.stdout, label) == pytest.approx(sum(beyond) / 2, abs=0.0011), run.stdout
 
 
 def test_run_place_measures_both_models_on_both_sides() -> None:
