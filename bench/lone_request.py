@@ -52,7 +52,8 @@ COLUMNS = ("in process", "echo: p50", "thread: infer", "thread: success", "threa
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="dense")
+    # Demo models whose input is one FP32 row of fixed width (what the in-process feed builds).
+    parser.add_argument("--model", default="dense", choices=("dense", "tabular_classifier"))
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--requests", type=int, default=600, help="lone calls per server a round")
     return parser.parse_args(argv)
