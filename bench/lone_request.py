@@ -8,9 +8,11 @@ dense row to the model's executor thread), and a copy with `run_on = "loop"` for
 echo floor (`_echo.py`) runs beside them. Each round, with every server stopped (SIGSTOP), it
 times the model's batch-1 run in process on core 0 with the server's session options, back to
 back; then it sends each server `--requests` calls, one at a time, from core 1, the others
-stopped meanwhile. From the servers' ModelStatistics over those calls it takes
-`compute_infer` (the batch's run as the batcher sees it: ONNX Runtime, and for a thread the
-hand-off to it and back) and `success` (the whole request inside the server).
+stopped meanwhile. (With `--model tabular_classifier` both servers run the batch on the loop,
+so the columns headed "thread" show the configured server.) From the servers' ModelStatistics
+over those calls it takes `compute_infer` (the batch's run as the batcher sees it: ONNX Runtime,
+and for a thread the hand-off to it and back) and `success` (the whole request inside the
+server).
 
 It prints, per round and as medians: the in-process run, echo's p50, each server's
 compute_infer and success per call and its round trip's p50; then medians of the differences
